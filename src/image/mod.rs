@@ -1,0 +1,1 @@
+//! The default guest image (helper B).

@@ -1,0 +1,87 @@
+//! The state root's layout: every path castra writes, as a named function in one place.
+//!
+//! ```text
+//! <state_root>/                    default <project dir>/.castra
+//!   lock                           project lock (flock) held by apply/down/clean
+//!   events.jsonl                   structured events, one JSON object a line
+//!   vms/<vm>/
+//!     launch.json                  LaunchRecord: spec + fingerprint + pid identity
+//!     qemu.pid                     pid written by QEMU (-pidfile)
+//!     qmp.sock                     QMP control socket
+//!     serial.log                   guest serial console
+//!     qemu.log                     QEMU's own stderr
+//!     overlay.qcow2                copy-on-write overlay (disk images only)
+//! ```
+//!
+//! This module only computes paths; it creates nothing.
+
+use std::path::{Path, PathBuf};
+
+/// Unix socket paths longer than this cannot be bound (sun_path is 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+pub const LOCK_FILE: &str = "lock";
+pub const EVENTS_FILE: &str = "events.jsonl";
+pub const VMS_DIR: &str = "vms";
+pub const LAUNCH_RECORD: &str = "launch.json";
+pub const QEMU_PIDFILE: &str = "qemu.pid";
+pub const QMP_SOCKET: &str = "qmp.sock";
+pub const SERIAL_LOG: &str = "serial.log";
+pub const QEMU_LOG: &str = "qemu.log";
+pub const OVERLAY: &str = "overlay.qcow2";
+
+/// Paths of one project's state root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateLayout {
+    root: PathBuf,
+}
+
+impl StateLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateLayout { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(LOCK_FILE)
+    }
+    pub fn events_file(&self) -> PathBuf {
+        self.root.join(EVENTS_FILE)
+    }
+    pub fn vms_dir(&self) -> PathBuf {
+        self.root.join(VMS_DIR)
+    }
+    pub fn vm(&self, name: &str) -> VmPaths {
+        VmPaths {
+            dir: self.vms_dir().join(name),
+        }
+    }
+}
+
+/// Paths of one VM's directory in the state root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    pub dir: PathBuf,
+}
+
+impl VmPaths {
+    pub fn launch_record(&self) -> PathBuf {
+        self.dir.join(LAUNCH_RECORD)
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join(QEMU_PIDFILE)
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join(QMP_SOCKET)
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join(SERIAL_LOG)
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join(QEMU_LOG)
+    }
+    pub fn overlay(&self) -> PathBuf {
+        self.dir.join(OVERLAY)
+    }
+}

@@ -1,0 +1,14 @@
+//! castra: declare a project's QEMU virtual machines in `castra.toml` and
+//! converge them with `castra apply`.
+//!
+//! The crate is a library with a thin binary (`src/main.rs`). See
+//! `docs/ARCHITECTURE.md` for the code map.
+
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod image;
+pub mod layout;
+pub mod qemu;
+pub mod reconcile;
+pub mod status;

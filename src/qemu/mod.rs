@@ -1,0 +1,48 @@
+//! The QEMU layer: a pure argv builder, a QMP client, process control and the
+//! accelerator choice. Nothing here knows about plans or castra.toml files;
+//! it launches, inspects and stops one QEMU at a time.
+
+pub mod accel;
+pub mod argv;
+pub mod process;
+pub mod qmp;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The accelerator a VM actually runs with (after `auto` is resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What QEMU boots, with every path resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootImage {
+    /// Direct kernel boot (`-kernel/-initrd/-append`).
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// A copy-on-write overlay over the user's disk.
+    Disk { overlay: PathBuf },
+}
+
+/// Name of the QEMU binary castra runs (overridable with `CASTRA_QEMU`).
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("CASTRA_QEMU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}

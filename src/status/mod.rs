@@ -1,0 +1,1 @@
+//! Status collection and rendering.
