@@ -1,1 +1,663 @@
-//! TODO(helper): process
+//! Process control for one daemonized QEMU: launch, liveness, shutdown.
+//!
+//! [`launch`] runs QEMU with `-daemonize`, whose parent exits only once the
+//! VM is initialised, so start-up errors are synchronous and land in
+//! `qemu.log`. A running VM is known by a [`ProcessIdentity`] (pid plus the
+//! kernel's start time of that pid), so a recycled pid is never mistaken for
+//! our QEMU. [`probe`] reads only `/proc` and answers at once even when QEMU
+//! is frozen (`kill -STOP`). [`shutdown`] walks the ladder QMP
+//! `system_powerdown` -> SIGTERM -> SIGKILL and reports each stage.
+//!
+//! Not here: what to launch (`argv.rs`), when to launch or stop (reconcile),
+//! and recording identities on disk (the caller's launch record). The QEMU is
+//! not our child once daemonized, so exits are observed by polling `/proc`.
+
+use crate::config::Lifecycle;
+use crate::layout::VmPaths;
+use crate::qemu::argv::escape;
+use crate::qemu::qmp::Qmp;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How often exits are polled.
+const POLL: Duration = Duration::from_millis(25);
+/// Upper bound on QEMU's own initialisation (the daemonizing parent's exit).
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long QMP may take to greet and acknowledge `system_powerdown`.
+const QMP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for the kernel to remove a SIGKILLed process.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Lines of `qemu.log` quoted in launch errors.
+const LOG_TAIL_LINES: usize = 15;
+
+/// Who a running QEMU is: its pid and that pid's start time in clock ticks
+/// after boot (`/proc/<pid>/stat` field 22). Together they survive pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+/// What `/proc` says about a recorded identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// Same pid, same start time, and its command line carries the marker.
+    Alive,
+    /// No such pid.
+    Gone,
+    /// The pid now belongs to another process.
+    Reused,
+    /// Our QEMU exited and waits to be reaped by init.
+    Zombie,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "{} not found: install qemu-system-x86 (or set CASTRA_QEMU to the binary)",
+        binary.display()
+    )]
+    QemuNotFound { binary: PathBuf },
+    #[error("vm {vm:?}: cannot prepare {}: {source}", path.display())]
+    Prepare {
+        vm: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("vm {vm:?}: cannot run {}: {source}", binary.display())]
+    Spawn {
+        vm: String,
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("vm {vm:?}: qemu did not finish starting within {timeout:?} and was killed (see {})", log.display())]
+    Timeout {
+        vm: String,
+        timeout: Duration,
+        log: PathBuf,
+    },
+    #[error("vm {vm:?}: qemu failed to start ({status}); last lines of {}:\n{tail}", log.display())]
+    Failed {
+        vm: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("vm {vm:?}: qemu started but its pidfile {} is unusable: {reason}", path.display())]
+    Pidfile {
+        vm: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("vm {vm:?}: qemu (pid {pid}) exited right after starting; last lines of {}:\n{tail}", log.display())]
+    Vanished {
+        vm: String,
+        pid: i32,
+        log: PathBuf,
+        tail: String,
+    },
+}
+
+/// Runs `qemu argv` (an argv from `argv::build`, which daemonizes and writes
+/// `paths.pidfile()`) and returns the identity of the daemonized QEMU.
+///
+/// Creates the VM directory (owner-only) if needed and removes a stale
+/// pidfile and QMP socket first. QEMU's stdout and stderr are appended to
+/// `paths.qemu_log()` (which `-D` then keeps for the VM's lifetime).
+pub fn launch(
+    qemu: &Path,
+    argv: &[String],
+    paths: &VmPaths,
+) -> Result<ProcessIdentity, LaunchError> {
+    let vm = vm_name(paths);
+    let prepare = |path: &Path, source| LaunchError::Prepare {
+        vm: vm.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.dir)
+        .map_err(|e| prepare(&paths.dir, e))?;
+    for stale in [paths.pidfile(), paths.qmp_socket()] {
+        match fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(prepare(&stale, e)),
+        }
+    }
+    let log_path = paths.qemu_log();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| prepare(&log_path, e))?;
+    let log_out = log.try_clone().map_err(|e| prepare(&log_path, e))?;
+
+    let mut child = Command::new(qemu)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(log_out)
+        .stderr(log)
+        .spawn()
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                LaunchError::QemuNotFound {
+                    binary: qemu.to_path_buf(),
+                }
+            } else {
+                LaunchError::Spawn {
+                    vm: vm.clone(),
+                    binary: qemu.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+
+    let deadline = Instant::now() + LAUNCH_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Timeout {
+                    vm,
+                    timeout: LAUNCH_TIMEOUT,
+                    log: log_path,
+                });
+            }
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Spawn {
+                    vm,
+                    binary: qemu.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    };
+    if !status.success() {
+        return Err(LaunchError::Failed {
+            vm,
+            status: status.to_string(),
+            tail: log_tail(&log_path, LOG_TAIL_LINES),
+            log: log_path,
+        });
+    }
+
+    let pidfile = paths.pidfile();
+    let pid = read_pidfile(&pidfile).map_err(|reason| LaunchError::Pidfile {
+        vm: vm.clone(),
+        path: pidfile.clone(),
+        reason,
+    })?;
+    match read_stat(pid) {
+        Some(stat) if stat.state != 'Z' && stat.state != 'X' => Ok(ProcessIdentity {
+            pid,
+            start_ticks: stat.start_ticks,
+        }),
+        _ => Err(LaunchError::Vanished {
+            vm,
+            pid,
+            tail: log_tail(&log_path, LOG_TAIL_LINES),
+            log: log_path,
+        }),
+    }
+}
+
+/// Waits until `path` exists as a Unix socket, at most `timeout`. QEMU binds
+/// its QMP socket before the daemonizing parent exits, so after a successful
+/// [`launch`] this normally returns at once.
+pub fn wait_for_socket(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Reads a pidfile: one positive decimal pid.
+pub fn read_pidfile(path: &Path) -> Result<i32, String> {
+    let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 1 => Ok(pid),
+        _ => Err(format!("expected a pid, found {:?}", text.trim())),
+    }
+}
+
+/// Where a recorded QEMU stands, from `/proc` alone: never waits on the
+/// process, so it answers at once even for a stopped (`SIGSTOP`) QEMU.
+/// `marker` is a string QEMU's command line must contain (castra passes the
+/// VM's absolute QMP socket path); it is also matched in its ','-doubled form.
+pub fn probe(id: &ProcessIdentity, marker: &str) -> Liveness {
+    if id.pid <= 1 {
+        return Liveness::Gone;
+    }
+    let Some(stat) = read_stat_raw(id.pid) else {
+        return Liveness::Gone;
+    };
+    let Some(stat) = parse_stat(&stat) else {
+        return Liveness::Reused;
+    };
+    if stat.start_ticks != id.start_ticks {
+        return Liveness::Reused;
+    }
+    if stat.state == 'Z' || stat.state == 'X' {
+        return Liveness::Zombie;
+    }
+    match fs::read(format!("/proc/{}/cmdline", id.pid)) {
+        Err(_) => Liveness::Gone,
+        Ok(cmdline) if cmdline_has(&cmdline, marker) => Liveness::Alive,
+        // Exited between the two reads: the kernel empties a zombie's cmdline.
+        Ok(cmdline) if cmdline.is_empty() => match read_stat(id.pid) {
+            Some(s) if s.start_ticks == id.start_ticks => Liveness::Zombie,
+            Some(_) => Liveness::Reused,
+            None => Liveness::Gone,
+        },
+        Ok(_) => Liveness::Reused,
+    }
+}
+
+fn cmdline_has(cmdline: &[u8], marker: &str) -> bool {
+    if marker.is_empty() {
+        return true;
+    }
+    let escaped = escape(marker);
+    contains(cmdline, marker.as_bytes()) || contains(cmdline, escaped.as_bytes())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The fields of `/proc/<pid>/stat` castra uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFields {
+    /// Field 3: R, S, D, T, t, Z, X, ...
+    pub state: char,
+    /// Field 22: start time in clock ticks after boot.
+    pub start_ticks: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. The command name (field 2) is in parentheses
+/// and may itself contain spaces and ')', so fields are counted after the last ')'.
+pub fn parse_stat(stat: &str) -> Option<StatFields> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // `fields` now starts at field 4; field 22 is 18 further on.
+    let start_ticks = fields.nth(18)?.parse().ok()?;
+    Some(StatFields { state, start_ticks })
+}
+
+fn read_stat_raw(pid: i32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+fn read_stat(pid: i32) -> Option<StatFields> {
+    parse_stat(&read_stat_raw(pid)?)
+}
+
+/// The stage of the shutdown ladder that stopped a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// It was not running when shutdown began.
+    AlreadyStopped,
+    /// The guest powered off after the ACPI power button (cooperative).
+    Powerdown,
+    Sigterm,
+    Sigkill,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::AlreadyStopped => "already_stopped",
+            Stage::Powerdown => "powerdown",
+            Stage::Sigterm => "sigterm",
+            Stage::Sigkill => "sigkill",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Progress of [`shutdown`], in the order it happens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ShutdownEvent {
+    /// QMP acknowledged `system_powerdown`.
+    PowerdownSent,
+    /// The power button could not be pressed; the ladder goes on with SIGTERM.
+    QmpUnavailable {
+        reason: String,
+    },
+    SigtermSent,
+    SigkillSent,
+    /// The process is gone (or a zombie); `stage` is what stopped it.
+    Exited {
+        stage: Stage,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownOutcome {
+    pub stopped_by: Stage,
+    pub elapsed: Duration,
+    /// False only if the process outlived SIGKILL's wait (stuck in the kernel).
+    pub exited: bool,
+}
+
+/// Stops the QEMU `id`: QMP `system_powerdown`, up to `powerdown_wait` for it
+/// to exit, SIGTERM, up to `sigterm_wait`, SIGKILL, up to a few seconds.
+/// Idempotent: a QEMU that is already gone is `AlreadyStopped`. Signals go
+/// only to a process that [`probe`] still calls `Alive`.
+pub fn shutdown(
+    id: &ProcessIdentity,
+    marker: &str,
+    qmp_socket: &Path,
+    waits: &Lifecycle,
+    on_event: &mut dyn FnMut(ShutdownEvent),
+) -> ShutdownOutcome {
+    let start = Instant::now();
+    let done = |stage: Stage, exited: bool, on_event: &mut dyn FnMut(ShutdownEvent)| {
+        if exited {
+            on_event(ShutdownEvent::Exited { stage });
+        }
+        ShutdownOutcome {
+            stopped_by: stage,
+            elapsed: start.elapsed(),
+            exited,
+        }
+    };
+    if probe(id, marker) != Liveness::Alive {
+        return done(Stage::AlreadyStopped, true, on_event);
+    }
+
+    // 1. The ACPI power button.
+    let mut last = Stage::AlreadyStopped;
+    match Qmp::connect(qmp_socket, QMP_TIMEOUT).and_then(|mut q| q.system_powerdown()) {
+        Ok(()) => {
+            on_event(ShutdownEvent::PowerdownSent);
+            last = Stage::Powerdown;
+            if wait_exit(id, marker, waits.powerdown_wait) {
+                return done(Stage::Powerdown, true, on_event);
+            }
+        }
+        Err(e) => on_event(ShutdownEvent::QmpUnavailable {
+            reason: e.to_string(),
+        }),
+    }
+
+    // 2. SIGTERM (plus SIGCONT, so a stopped QEMU can act on it).
+    if !signal_if_alive(id, marker, Signal::SIGTERM) {
+        return done(last, true, on_event);
+    }
+    let _ = kill(Pid::from_raw(id.pid), Signal::SIGCONT);
+    on_event(ShutdownEvent::SigtermSent);
+    if wait_exit(id, marker, waits.sigterm_wait) {
+        return done(Stage::Sigterm, true, on_event);
+    }
+
+    // 3. SIGKILL.
+    if !signal_if_alive(id, marker, Signal::SIGKILL) {
+        return done(Stage::Sigterm, true, on_event);
+    }
+    on_event(ShutdownEvent::SigkillSent);
+    let exited = wait_exit(id, marker, KILL_WAIT);
+    done(Stage::Sigkill, exited, on_event)
+}
+
+/// Sends `sig` if `id` is still our live QEMU; false if it is not (anymore).
+fn signal_if_alive(id: &ProcessIdentity, marker: &str, sig: Signal) -> bool {
+    if probe(id, marker) != Liveness::Alive {
+        return false;
+    }
+    match kill(Pid::from_raw(id.pid), sig) {
+        Ok(()) => true,
+        // ESRCH: it exited in between. EPERM cannot happen for our own QEMU;
+        // report it as sent and let the wait decide.
+        Err(nix::errno::Errno::ESRCH) => false,
+        Err(_) => true,
+    }
+}
+
+/// Polls until `id` is no longer alive (gone, zombie, pid reused) or `wait` passes.
+fn wait_exit(id: &ProcessIdentity, marker: &str, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if probe(id, marker) != Liveness::Alive {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(POLL.min(left));
+    }
+}
+
+fn vm_name(paths: &VmPaths) -> String {
+    paths
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| paths.dir.display().to_string())
+}
+
+/// The last `n` lines of a log (reading at most its last 64 KiB).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut f) = File::open(path) else {
+        return format!("({} is missing)", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX {
+        let _ = f.seek(SeekFrom::Start(len - MAX));
+    }
+    let mut bytes = Vec::new();
+    if f.read_to_end(&mut bytes).is_err() {
+        return format!("({} is unreadable)", path.display());
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return format!("({} is empty)", path.display());
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Real lines: a QEMU and a process whose name has spaces and a ')'.
+    const QEMU_STAT: &str = "13685 (qemu-system-x86) S 1 13683 13683 0 -1 138412480 2595 0 1 0 0 1 0 0 20 0 3 0 94824 1359736832 7499 18446744073709551615 93991296323584 93991302184021 140733175069760 0 0 0 268444224 3674112 16451 0 0 0 17 0 0 0 0 0 0 93991305296120 93991310500272 93992232366080 140733175077485 140733175077588 140733175077588 140733175078876 0\n";
+    const ODD_STAT: &str = "4242 (a b) c) Z 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+    #[test]
+    fn parses_state_and_start_time() {
+        assert_eq!(
+            parse_stat(QEMU_STAT),
+            Some(StatFields {
+                state: 'S',
+                start_ticks: 94824
+            })
+        );
+        assert_eq!(
+            parse_stat(ODD_STAT),
+            Some(StatFields {
+                state: 'Z',
+                start_ticks: 987654
+            })
+        );
+        assert_eq!(parse_stat("12 (x) S 1 2"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn parses_our_own_stat() {
+        // The calling thread is running while it reads its own stat.
+        let own = fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let stat = parse_stat(&own).unwrap();
+        assert_eq!(stat.state, 'R');
+        assert!(stat.start_ticks > 0);
+    }
+
+    #[test]
+    fn probe_tells_alive_reused_and_gone_apart() {
+        let pid = std::process::id() as i32;
+        let stat = read_stat(pid).unwrap();
+        let me = ProcessIdentity {
+            pid,
+            start_ticks: stat.start_ticks,
+        };
+        // The test binary's own cmdline contains its path.
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.file_name().unwrap().to_str().unwrap();
+        assert_eq!(probe(&me, exe), Liveness::Alive);
+        assert_eq!(probe(&me, "/no/such/qmp.sock"), Liveness::Reused);
+        let older = ProcessIdentity {
+            start_ticks: stat.start_ticks + 1,
+            ..me
+        };
+        assert_eq!(probe(&older, exe), Liveness::Reused);
+        let gone = ProcessIdentity {
+            pid: i32::MAX,
+            start_ticks: 1,
+        };
+        assert_eq!(probe(&gone, exe), Liveness::Gone);
+        for pid in [0, 1, -1] {
+            assert_eq!(
+                probe(
+                    &ProcessIdentity {
+                        pid,
+                        start_ticks: 0
+                    },
+                    ""
+                ),
+                Liveness::Gone
+            );
+        }
+    }
+
+    #[test]
+    fn probe_sees_an_unreaped_child_as_zombie() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start_ticks = read_stat(pid).unwrap().start_ticks;
+        let id = ProcessIdentity { pid, start_ticks };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read_stat(pid).unwrap().state != 'Z' && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(probe(&id, "true"), Liveness::Zombie);
+        child.wait().unwrap();
+        assert_eq!(probe(&id, "true"), Liveness::Gone);
+    }
+
+    #[test]
+    fn markers_match_raw_or_comma_doubled() {
+        let cmdline = b"qemu\0-qmp\0unix:/a,,b/qmp.sock,server=on,wait=off\0";
+        assert!(cmdline_has(cmdline, "/a,b/qmp.sock"));
+        assert!(!cmdline_has(cmdline, "/a,c/qmp.sock"));
+        assert!(cmdline_has(b"x\0/plain/qmp.sock\0", "/plain/qmp.sock"));
+    }
+
+    #[test]
+    fn pidfiles_must_hold_a_real_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("qemu.pid");
+        fs::write(&p, "12345\n").unwrap();
+        assert_eq!(read_pidfile(&p), Ok(12345));
+        for bad in ["", "abc", "0", "1", "-5"] {
+            fs::write(&p, bad).unwrap();
+            assert!(read_pidfile(&p).is_err(), "{bad:?}");
+        }
+        assert!(read_pidfile(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("qemu.log");
+        let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        fs::write(&p, text).unwrap();
+        assert_eq!(log_tail(&p, 3), "line 28\nline 29\nline 30");
+        assert!(log_tail(&dir.path().join("none.log"), 3).contains("is missing"));
+    }
+
+    #[test]
+    fn missing_binary_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = VmPaths {
+            dir: dir.path().join("vms/web"),
+        };
+        let err = launch(Path::new("/nonexistent/qemu-system-x86_64"), &[], &paths).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/qemu-system-x86_64 not found: install qemu-system-x86 (or set CASTRA_QEMU to the binary)"
+        );
+    }
+
+    #[test]
+    fn shutdown_of_a_gone_process_is_already_stopped() {
+        let id = ProcessIdentity {
+            pid: i32::MAX,
+            start_ticks: 1,
+        };
+        let mut events = Vec::new();
+        let waits = Lifecycle {
+            powerdown_wait: Duration::from_secs(1),
+            sigterm_wait: Duration::from_secs(1),
+        };
+        let out = shutdown(&id, "x", Path::new("/nonexistent.sock"), &waits, &mut |e| {
+            events.push(e)
+        });
+        assert_eq!(out.stopped_by, Stage::AlreadyStopped);
+        assert!(out.exited);
+        assert_eq!(
+            events,
+            vec![ShutdownEvent::Exited {
+                stage: Stage::AlreadyStopped
+            }]
+        );
+    }
+
+    #[test]
+    fn events_serialize_snake_case() {
+        let ev = ShutdownEvent::Exited {
+            stage: Stage::AlreadyStopped,
+        };
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"event":"exited","stage":"already_stopped"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ShutdownEvent::QmpUnavailable { reason: "r".into() }).unwrap(),
+            r#"{"event":"qmp_unavailable","reason":"r"}"#
+        );
+    }
+}
