@@ -184,7 +184,9 @@ fn wait_until_gone(id: &ProcessIdentity, marker: &str) -> Vec<Liveness> {
 fn launch_probe_qmp_freeze_and_sigterm_ladder() {
     let vm = Vm::new("web");
     let marker = vm.marker();
+    let start = Instant::now();
     let (id, _guard) = vm.launch();
+    eprintln!("launch took {:?}", start.elapsed());
 
     assert_eq!(process::probe(&id, &marker), Liveness::Alive);
     assert_eq!(
@@ -213,6 +215,7 @@ fn launch_probe_qmp_freeze_and_sigterm_ladder() {
     let l = process::probe(&id, &marker);
     let took = start.elapsed();
     assert_eq!(l, Liveness::Alive);
+    eprintln!("probe of a SIGSTOPped qemu took {took:?}");
     assert!(took < Duration::from_millis(200), "probe took {took:?}");
     let start = Instant::now();
     let err = Qmp::connect(&vm.paths.qmp_socket(), Duration::from_millis(300)).unwrap_err();

@@ -171,6 +171,7 @@ pub fn launch(
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                kill_half_started(paths);
                 return Err(LaunchError::Timeout {
                     vm,
                     timeout: LAUNCH_TIMEOUT,
@@ -214,6 +215,22 @@ pub fn launch(
             tail: log_tail(&log_path, LOG_TAIL_LINES),
             log: log_path,
         }),
+    }
+}
+
+/// After a launch timed out: SIGKILL the daemonized child if it already
+/// wrote its pidfile (and is really this VM's QEMU), so nothing is left behind.
+fn kill_half_started(paths: &VmPaths) {
+    let Ok(pid) = read_pidfile(&paths.pidfile()) else {
+        return;
+    };
+    let Some(stat) = read_stat(pid) else { return };
+    let id = ProcessIdentity {
+        pid,
+        start_ticks: stat.start_ticks,
+    };
+    if probe(&id, &paths.qmp_socket().to_string_lossy()) == Liveness::Alive {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
