@@ -185,7 +185,9 @@ fn render_one(out: &mut String, path: &Path, d: &Diagnostic) {
                 loc.column
             ));
             out.push_str(&format!("\n{pad} |"));
-            out.push_str(&format!("\n{} | {}", loc.line, loc.source_line));
+            // Tabs become single spaces so carets line up with columns.
+            let line = loc.source_line.replace('\t', " ");
+            out.push_str(&format!("\n{} | {line}", loc.line));
             out.push_str(&format!(
                 "\n{pad} | {}{}",
                 " ".repeat(loc.column - 1),

@@ -46,6 +46,11 @@ const BAD: &[(&str, &str)] = &[
         "[[vms]]\nname = \"web\"\ncpus = \"two\"\n",
     ),
     ("cpus_float", "[[vms]]\nname = \"web\"\ncpus = 1.5\n"),
+    (
+        "cpus_huge",
+        "[[vms]]\nname = \"web\"\ncpus = 99999999999999999999\n",
+    ),
+    ("tab_indented", "[[vms]]\n\tname = \"WEB\"\n"),
     ("cpus_zero", "[[vms]]\nname = \"web\"\ncpus = 0\n"),
     ("cpus_too_many", "[[vms]]\nname = \"web\"\ncpus = 1000\n"),
     (

@@ -184,6 +184,15 @@ fn check_value(value: &Spanned<DeValue<'_>>, f: &Field, section: &Section, out: 
     match f.kind {
         Kind::Str if v.is_str() => {}
         Kind::Str => out.push(wrong("a string")),
+        Kind::Int | Kind::Size if v.as_integer().is_some_and(|i| !fits_i64(i)) => {
+            out.push(
+                Problem::new(
+                    format!("\"{}\" in {} is far too large", f.key, section.title),
+                    value.span(),
+                )
+                .help(format!("for example: {}", f.example)),
+            )
+        }
         Kind::Int if v.is_integer() => {}
         Kind::Int => out.push(wrong("a whole number")),
         Kind::Size if v.is_str() || v.is_integer() => {}
@@ -250,6 +259,10 @@ fn check_value(value: &Spanned<DeValue<'_>>, f: &Field, section: &Section, out: 
             None => out.push(wrong("an array of tables")),
         },
     }
+}
+
+fn fits_i64(i: &toml::de::DeInteger<'_>) -> bool {
+    i64::from_str_radix(i.as_str(), i.radix()).is_ok()
 }
 
 fn article(v: &DeValue<'_>) -> &'static str {
