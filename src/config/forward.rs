@@ -138,6 +138,7 @@ mod tests {
             ("[::1]:8080:80", "[::1]:8080->80/tcp"),
             ("udp:[::]:65535:1", "[::]:65535->1/udp"),
             ("UDP:53:53", "127.0.0.1:53->53/udp"),
+            ("tcp:[::1]:8080:80", "[::1]:8080->80/tcp"),
         ];
         for (input, want) in cases {
             let f = parse_forward(input).unwrap_or_else(|e| panic!("{input}: {e:?}"));
