@@ -1,18 +1,41 @@
-//! Validated project configuration: the types every other module consumes.
+//! Validated project configuration: the types every other module consumes,
+//! and the `castra.toml` loader that produces them.
 //!
-//! `castra.toml` is parsed by [`load`] (serde input types in `raw`, checked in
-//! `validate`) into a [`Project`]. Nothing outside this module sees the raw
-//! serde types; nothing inside it does I/O beyond reading the one config file.
+//! `castra.toml` is found by [`discover`], read by [`load`] (or [`load_str`]
+//! for text already in memory), checked key by key in `schema`, deserialized
+//! into the serde input types of `raw` and turned into a [`Project`] by
+//! `validate`. Every problem is reported with file, line, column and a fix
+//! (see [`ConfigError`]). Nothing outside this module sees the raw serde
+//! types; nothing inside it does I/O beyond finding and reading the one
+//! config file: referenced kernels and disks are not checked here.
 
-// helper A adds: discover, load (ConfigError, load, load_str), raw, size (ByteSize), template, validate
+mod diagnostic;
+mod discover;
+mod duration;
+mod forward;
+mod load;
+#[cfg(test)]
+mod load_tests;
+mod names;
+mod raw;
+mod schema;
+mod size;
+mod suggest;
+mod template;
+mod validate;
 
-/// Bytes (placeholder until `size.rs` lands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ByteSize(pub u64);
+pub use diagnostic::{ConfigError, Diagnostic, Location};
+pub use discover::{CONFIG_FILE_NAME, discover};
+pub use duration::{format_duration, parse_duration};
+pub use load::{load, load_str};
+pub use names::MAX_NAME_LEN;
+pub use size::{ByteSize, parse_size};
+pub use template::INIT_TEMPLATE;
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// A loaded, validated project.
@@ -75,11 +98,28 @@ pub enum Machine {
 }
 
 impl Machine {
+    pub const ALL: [Machine; 2] = [Machine::Microvm, Machine::Q35];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Machine::Microvm => "microvm",
             Machine::Q35 => "q35",
         }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Machine {
+    type Err = ParseChoiceError;
+
+    /// `microvm` or `q35`, ignoring case and surrounding spaces.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_choice("machine", s, &Machine::ALL, |m| m.as_str())
     }
 }
 
@@ -94,6 +134,8 @@ pub enum AccelChoice {
 }
 
 impl AccelChoice {
+    pub const ALL: [AccelChoice; 3] = [AccelChoice::Auto, AccelChoice::Kvm, AccelChoice::Tcg];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AccelChoice::Auto => "auto",
@@ -101,6 +143,70 @@ impl AccelChoice {
             AccelChoice::Tcg => "tcg",
         }
     }
+}
+
+impl std::fmt::Display for AccelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AccelChoice {
+    type Err = ParseChoiceError;
+
+    /// `auto`, `kvm` or `tcg`, ignoring case and surrounding spaces (so
+    /// `CASTRA_ACCEL=TCG` works).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_choice("accelerator", s, &AccelChoice::ALL, |a| a.as_str())
+    }
+}
+
+/// A value that is not one of a closed set of names (`accel`, `machine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseChoiceError {
+    /// What was being parsed: `accelerator`, `machine`.
+    pub what: &'static str,
+    pub input: String,
+    pub expected: Vec<&'static str>,
+    /// A likely intended value, when one is close.
+    pub suggestion: Option<&'static str>,
+}
+
+impl std::fmt::Display for ParseChoiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown {} \"{}\": expected {}",
+            self.what,
+            self.input,
+            suggest::one_of(&self.expected)
+        )?;
+        if let Some(s) = self.suggestion {
+            write!(f, " (did you mean \"{s}\"?)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ParseChoiceError {}
+
+fn parse_choice<T: Copy>(
+    what: &'static str,
+    input: &str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Result<T, ParseChoiceError> {
+    let wanted = input.trim();
+    if let Some(v) = all.iter().find(|v| name(**v).eq_ignore_ascii_case(wanted)) {
+        return Ok(*v);
+    }
+    let expected: Vec<&'static str> = all.iter().map(|v| name(*v)).collect();
+    Err(ParseChoiceError {
+        what,
+        input: input.to_string(),
+        suggestion: suggest::closest(wanted, &expected),
+        expected,
+    })
 }
 
 /// A host port forwarded into the guest through QEMU user networking.
@@ -114,13 +220,12 @@ pub struct Forward {
 }
 
 impl std::fmt::Display for Forward {
-    /// `127.0.0.1:8080->80/tcp`
+    /// `127.0.0.1:8080->80/tcp`, `[::1]:8080->80/tcp`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}:{}->{}/{}",
-            self.host_addr,
-            self.host_port,
+            "{}->{}/{}",
+            std::net::SocketAddr::new(self.host_addr, self.host_port),
             self.guest_port,
             self.proto.as_str()
         )
@@ -161,3 +266,77 @@ pub struct Lifecycle {
 pub const DEFAULT_BROKER_PORT: u16 = 7750;
 pub const DEFAULT_POWERDOWN_WAIT: Duration = Duration::from_secs(20);
 pub const DEFAULT_SIGTERM_WAIT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CPUS: u32 = 1;
+pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(256);
+/// The smallest `memory` accepted: below it the default guest cannot boot.
+pub const MIN_MEMORY: ByteSize = ByteSize::from_mib(64);
+pub const MAX_CPUS: u32 = 255;
+/// The largest `count`: replica names and port ranges stay readable.
+pub const MAX_COUNT: u32 = 64;
+pub const DEFAULT_STATE_DIR: &str = ".castra";
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            port: DEFAULT_BROKER_PORT,
+        }
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            powerdown_wait: DEFAULT_POWERDOWN_WAIT,
+            sigterm_wait: DEFAULT_SIGTERM_WAIT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accel_parses_from_env_style_strings() {
+        assert_eq!("auto".parse(), Ok(AccelChoice::Auto));
+        assert_eq!(" KVM\n".parse(), Ok(AccelChoice::Kvm));
+        assert_eq!("Tcg".parse(), Ok(AccelChoice::Tcg));
+        let err = "tgc".parse::<AccelChoice>().unwrap_err();
+        assert_eq!(err.suggestion, Some("tcg"));
+        assert_eq!(
+            err.to_string(),
+            "unknown accelerator \"tgc\": expected \"auto\", \"kvm\" or \"tcg\" (did you mean \"tcg\"?)"
+        );
+        let err = "hvf".parse::<AccelChoice>().unwrap_err();
+        assert_eq!(err.suggestion, None);
+        for a in AccelChoice::ALL {
+            assert_eq!(a.to_string().parse(), Ok(a));
+        }
+    }
+
+    #[test]
+    fn machine_parses() {
+        assert_eq!("microvm".parse(), Ok(Machine::Microvm));
+        assert_eq!("Q35".parse(), Ok(Machine::Q35));
+        let err = "pc".parse::<Machine>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown machine \"pc\": expected \"microvm\" or \"q35\""
+        );
+        assert_eq!(
+            "mircovm".parse::<Machine>().unwrap_err().suggestion,
+            Some("microvm")
+        );
+    }
+
+    #[test]
+    fn forward_display_brackets_ipv6() {
+        let f = Forward {
+            proto: Proto::Udp,
+            host_addr: "::1".parse().unwrap(),
+            host_port: 5353,
+            guest_port: 53,
+        };
+        assert_eq!(f.to_string(), "[::1]:5353->53/udp");
+    }
+}

@@ -1,0 +1,42 @@
+//! The commented example `castra.toml` that `castra init` writes. It is a
+//! working project (tested to load) and a tour of the keys; docs/CONFIG.md
+//! is the full reference.
+
+/// A 2-VM demo project (`web` and `db` on the default guest image).
+pub const INIT_TEMPLATE: &str = r#"# castra.toml: the VMs of this project. `castra apply` starts what is
+# declared here and stops what is not; `castra plan` shows what would change.
+# Every key is described in docs/CONFIG.md.
+
+[project]
+# name = "demo"            # default: this directory's name
+# state_dir = ".castra"    # pidfiles, sockets, logs, overlays (relative to this file)
+
+[[vms]]
+name = "web"               # lowercase letters, digits and '-', at most 32 characters
+cpus = 1
+memory = "256M"            # binary units: "512M", "1G", "1.5GiB"; a bare number is MiB
+image = "default"          # castra's guest image (build it with `castra image build`)
+# accel = "auto"           # "auto" (KVM if a probe shows it works, else TCG), "kvm" or "tcg"
+# Host ports forwarded into the guest: "host:guest", "addr:host:guest",
+# "udp:host:guest". The host address defaults to 127.0.0.1.
+forwards = ["8080:80"]
+# count = 2                # replicas web-1, web-2; replica i (from 0) binds host port + i
+
+[[vms]]
+name = "db"
+memory = "512M"
+forwards = ["127.0.0.1:5432:5432"]
+
+# Boot your own kernel instead of the default image (paths are relative to
+# this file; machine defaults to "microvm"):
+#   image = { kernel = "vmlinux", initrd = "initrd.img", cmdline = "console=ttyS0" }
+# Or a qcow2 disk, run on a copy-on-write overlay (machine defaults to "q35"):
+#   image = { disk = "base.qcow2" }
+
+[broker]
+# port = 7750              # guests reach the broker at 10.0.2.2:<port>
+
+[lifecycle]
+# powerdown_wait = "20s"   # after the ACPI power button, before SIGTERM
+# sigterm_wait = "5s"      # after SIGTERM, before SIGKILL
+"#;

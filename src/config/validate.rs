@@ -1,0 +1,695 @@
+//! From serde input types to a [`Project`]: defaults, ranges, units, names,
+//! image shapes, replica expansion, path resolution and the checks across VMs
+//! (duplicate names, two forwards on one host address and port, a forward on
+//! the broker's port). Every problem points at the value that causes it and
+//! all of them are collected, not just the first.
+//!
+//! Pure: paths are joined, never looked at.
+
+use super::diagnostic::{Problem, line_col};
+use super::forward::parse_forward;
+use super::names::{check_name, sanitize};
+use super::raw::{RawConfig, RawImage, RawImageTable, RawVm, SizeInput};
+use super::suggest::closest;
+use super::{
+    AccelChoice, BrokerConfig, ByteSize, DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_STATE_DIR, Forward,
+    ImageSpec, Lifecycle, MAX_COUNT, MAX_CPUS, MAX_NAME_LEN, MIN_MEMORY, Machine, Project, Proto,
+    VmSpec, parse_duration, parse_size,
+};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Where the config came from, for defaults and path resolution.
+pub(crate) struct Origin<'a> {
+    /// The file text, to quote other places in notes (`first defined on line 3`).
+    pub text: &'a str,
+    pub config_path: PathBuf,
+    /// Directory relative paths are resolved against.
+    pub root_dir: PathBuf,
+    /// Project name when `[project] name` is absent (already sanitized).
+    pub default_name: String,
+}
+
+/// One VM instance being built, with the spans cross-checks point at.
+struct Instance {
+    spec: VmSpec,
+    /// Span of the `name` value of the `[[vms]]` entry it came from.
+    name_span: Range<usize>,
+    /// `Some((base name, index))` for replicas.
+    replica: Option<(String, u32)>,
+    forward_spans: Vec<Range<usize>>,
+}
+
+pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let project = raw.project.map(Spanned::into_inner);
+    let (name_raw, state_dir_raw) = match project {
+        Some(p) => (p.name, p.state_dir),
+        None => (None, None),
+    };
+    let name = match name_raw {
+        Some(n) => match check_name(n.get_ref()) {
+            Ok(()) => n.into_inner(),
+            Err(why) => {
+                problems.push(bad_name("project", &n, &why));
+                origin.default_name.clone()
+            }
+        },
+        None => origin.default_name.clone(),
+    };
+    let state_root = match state_dir_raw {
+        Some(dir) => match check_path("state_dir", &dir) {
+            Ok(p) => origin.root_dir.join(p),
+            Err(p) => {
+                problems.push(p);
+                origin.root_dir.join(DEFAULT_STATE_DIR)
+            }
+        },
+        None => origin.root_dir.join(DEFAULT_STATE_DIR),
+    };
+
+    let broker = match raw.broker.and_then(|b| b.into_inner().port) {
+        Some(port) => match u16::try_from(*port.get_ref()) {
+            Ok(p) if p > 0 => BrokerConfig { port: p },
+            _ => {
+                problems.push(
+                    Problem::new(
+                        format!("broker port {} is not a usable port", port.get_ref()),
+                        port.span(),
+                    )
+                    .help(format!(
+                        "guests need a fixed port from 1 to 65535: leave port out for the default {}",
+                        BrokerConfig::default().port
+                    )),
+                );
+                BrokerConfig::default()
+            }
+        },
+        None => BrokerConfig::default(),
+    };
+
+    let mut lifecycle = Lifecycle::default();
+    if let Some(l) = raw.lifecycle.map(Spanned::into_inner) {
+        if let Some(d) = duration("powerdown_wait", l.powerdown_wait, &mut problems) {
+            lifecycle.powerdown_wait = d;
+        }
+        if let Some(d) = duration("sigterm_wait", l.sigterm_wait, &mut problems) {
+            lifecycle.sigterm_wait = d;
+        }
+    }
+
+    let mut instances = Vec::new();
+    for vm in raw.vms {
+        instances.extend(vm_instances(vm, origin, &mut problems));
+    }
+    check_unique_names(&instances, origin.text, &mut problems);
+    check_forwards(&instances, broker.port, origin.text, &mut problems);
+
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
+        return Err(problems);
+    }
+    Ok(Project {
+        name,
+        config_path: origin.config_path.clone(),
+        root_dir: origin.root_dir.clone(),
+        state_root,
+        vms: instances.into_iter().map(|i| i.spec).collect(),
+        broker,
+        lifecycle,
+    })
+}
+
+fn bad_name(what: &str, name: &Spanned<String>, why: &str) -> Problem {
+    let fixed = sanitize(name.get_ref());
+    let example = if what == "project" { "demo" } else { "web" };
+    let renamed = fixed.starts_with("castra-") && !name.get_ref().starts_with("castra");
+    let help = if check_name(&fixed).is_ok() && !name.get_ref().is_empty() && !renamed {
+        format!("try name = \"{fixed}\"")
+    } else {
+        format!("for example: name = \"{example}\"")
+    };
+    Problem::new(
+        format!("invalid {what} name \"{}\": {why}", name.get_ref()),
+        name.span(),
+    )
+    .help(format!(
+        "{help} (lowercase letters, digits and '-', starting with a letter, at most {MAX_NAME_LEN} characters)"
+    ))
+}
+
+/// A user path from the config: not empty, no `~`.
+fn check_path(key: &str, p: &Spanned<String>) -> Result<PathBuf, Problem> {
+    let text = p.get_ref();
+    if text.trim().is_empty() {
+        let example = match key {
+            "state_dir" => ".castra",
+            "kernel" => "vmlinux",
+            "initrd" => "initrd.img",
+            _ => "base.qcow2",
+        };
+        return Err(Problem::new(format!("{key} path is empty"), p.span()).help(format!(
+            "for example: {key} = \"{example}\" (relative paths start at the directory of castra.toml)"
+        )));
+    }
+    if text == "~" || text.starts_with("~/") {
+        return Err(
+            Problem::new(format!("{key} path \"{text}\" starts with '~'"), p.span()).help(
+                "'~' is not expanded: write an absolute path or one relative to the directory of castra.toml",
+            ),
+        );
+    }
+    Ok(PathBuf::from(text))
+}
+
+fn duration(
+    key: &str,
+    value: Option<Spanned<String>>,
+    problems: &mut Vec<Problem>,
+) -> Option<Duration> {
+    let value = value?;
+    match parse_duration(value.get_ref()) {
+        Ok(d) => Some(d),
+        Err(why) => {
+            problems.push(
+                Problem::new(format!("invalid {key}: {why}"), value.span())
+                    .help(format!("for example: {key} = \"20s\" (units: ms, s, m, h)")),
+            );
+            None
+        }
+    }
+}
+
+fn vm_instances(
+    vm: Spanned<RawVm>,
+    origin: &Origin<'_>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Instance> {
+    let header = vm.span();
+    let vm = vm.into_inner();
+
+    let name = match &vm.name {
+        Some(n) => match check_name(n.get_ref()) {
+            Ok(()) => Some(n),
+            Err(why) => {
+                problems.push(bad_name("VM", n, &why));
+                None
+            }
+        },
+        None => {
+            problems.push(
+                Problem::new("[[vms]] entry has no name", header.clone())
+                    .help("add a line such as name = \"web\" below [[vms]]"),
+            );
+            None
+        }
+    };
+
+    let count = vm.count.as_ref().and_then(|c| match u32::try_from(*c.get_ref()) {
+        Ok(n) if (1..=MAX_COUNT).contains(&n) => Some(n),
+        _ => {
+            let help = if *c.get_ref() < 1 {
+                "remove the [[vms]] entry to run no instance of it, or remove count for a single VM".to_string()
+            } else {
+                format!("count is at most {MAX_COUNT}")
+            };
+            problems.push(
+                Problem::new(
+                    format!("count must be from 1 to {MAX_COUNT}, found {}", c.get_ref()),
+                    c.span(),
+                )
+                .help(help),
+            );
+            None
+        }
+    });
+    if let (Some(n), Some(count)) = (name, count) {
+        let longest = format!("{}-{count}", n.get_ref());
+        if longest.len() > MAX_NAME_LEN {
+            problems.push(
+                Problem::new(
+                    format!(
+                        "VM name \"{}\" is too long for count = {count}: replica \"{longest}\" has more than {MAX_NAME_LEN} characters",
+                        n.get_ref()
+                    ),
+                    n.span(),
+                )
+                .help(format!(
+                    "shorten the name to at most {} characters",
+                    MAX_NAME_LEN - (longest.len() - n.get_ref().len())
+                )),
+            );
+        }
+    }
+
+    let cpus = match &vm.cpus {
+        Some(c) => match u32::try_from(*c.get_ref()) {
+            Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+            _ => {
+                problems.push(
+                    Problem::new(
+                        format!("cpus must be from 1 to {MAX_CPUS}, found {}", c.get_ref()),
+                        c.span(),
+                    )
+                    .help("for example: cpus = 2"),
+                );
+                DEFAULT_CPUS
+            }
+        },
+        None => DEFAULT_CPUS,
+    };
+
+    let memory = vm
+        .memory
+        .as_ref()
+        .map_or(Some(DEFAULT_MEMORY), |m| memory(m, problems))
+        .unwrap_or(DEFAULT_MEMORY);
+
+    let image = match vm.image {
+        None => Some(ImageSpec::Default),
+        Some(img) => image(img, &origin.root_dir, problems),
+    };
+
+    let machine = machine(vm.machine.as_ref(), image.as_ref(), problems);
+
+    let accel = match &vm.accel {
+        Some(a) => match a.get_ref().parse::<AccelChoice>() {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(choice_problem("accel", a, e.suggestion, &e.expected));
+                AccelChoice::Auto
+            }
+        },
+        None => AccelChoice::Auto,
+    };
+
+    let mut forwards: Vec<(Forward, Range<usize>)> = Vec::new();
+    for f in vm.forwards.iter().flatten() {
+        match parse_forward(f.get_ref()) {
+            Ok(fw) => forwards.push((fw, f.span())),
+            Err(e) => problems.push(Problem::new(e.message, f.span()).help(e.help)),
+        }
+    }
+    if let Some(n) = count {
+        let fits = |fw: &Forward| u32::from(fw.host_port) + n - 1 <= u32::from(u16::MAX);
+        for (fw, span) in forwards.iter().filter(|(fw, _)| !fits(fw)) {
+            {
+                problems.push(
+                    Problem::new(
+                        format!(
+                            "forward {} needs host ports {}..={} for count = {n}, past 65535",
+                            &origin.text[span.clone()],
+                            fw.host_port,
+                            u32::from(fw.host_port) + n - 1
+                        ),
+                        span.clone(),
+                    )
+                    .help("replica i (from 0) binds host_port + i: pick a lower host port"),
+                );
+            }
+        }
+        forwards.retain(|(fw, _)| fits(fw));
+    }
+
+    // Instances are built even when some field was wrong (with its default)
+    // so that the checks across VMs still run and report in the same pass.
+    let Some(name) = name else {
+        return Vec::new();
+    };
+    let image = image.unwrap_or(ImageSpec::Default);
+    let base = VmSpec {
+        name: name.get_ref().clone(),
+        cpus,
+        memory,
+        image,
+        machine,
+        accel,
+        forwards: forwards.iter().map(|(f, _)| f.clone()).collect(),
+    };
+    let forward_spans: Vec<Range<usize>> = forwards.into_iter().map(|(_, s)| s).collect();
+    match count {
+        None => vec![Instance {
+            spec: base,
+            name_span: name.span(),
+            replica: None,
+            forward_spans,
+        }],
+        Some(n) => (0..n)
+            .map(|i| {
+                let mut spec = base.clone();
+                spec.name = format!("{}-{}", base.name, i + 1);
+                for f in &mut spec.forwards {
+                    // In range: checked above against u16::MAX.
+                    f.host_port = f.host_port.saturating_add(i as u16);
+                }
+                Instance {
+                    spec,
+                    name_span: name.span(),
+                    replica: Some((base.name.clone(), i)),
+                    forward_spans: forward_spans.clone(),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn memory(m: &Spanned<SizeInput>, problems: &mut Vec<Problem>) -> Option<ByteSize> {
+    let shown = match m.get_ref() {
+        SizeInput::Text(t) => format!("\"{t}\""),
+        SizeInput::Int(i) => i.to_string(),
+    };
+    let parsed = match m.get_ref() {
+        SizeInput::Text(t) => parse_size(t),
+        SizeInput::Int(i) => u64::try_from(*i)
+            .ok()
+            .and_then(|mib| mib.checked_mul(1 << 20))
+            .map(ByteSize)
+            .ok_or_else(|| format!("{i} is not a size")),
+    };
+    let fail = |problems: &mut Vec<Problem>, message: String, help: String| {
+        problems.push(Problem::new(message, m.span()).help(help));
+        None
+    };
+    match parsed {
+        Err(why) => fail(
+            problems,
+            format!("invalid memory size {shown}: {why}"),
+            "for example: memory = \"512M\" or memory = \"1G\" (binary units; a bare number is MiB)"
+                .into(),
+        ),
+        Ok(size) if size < MIN_MEMORY => fail(
+            problems,
+            format!("memory {shown} is below the {MIN_MEMORY} minimum"),
+            format!("use at least memory = \"{MIN_MEMORY}\" (a bare number is MiB)"),
+        ),
+        Ok(size) if !size.is_whole_mib() => fail(
+            problems,
+            format!("memory {shown} is not a whole number of MiB"),
+            format!(
+                "QEMU takes memory in MiB: try memory = \"{}\"",
+                ByteSize::from_mib(size.mib())
+            ),
+        ),
+        Ok(size) => Some(size),
+    }
+}
+
+const IMAGE_SHAPES: &str = "write image = \"default\", image = { kernel = \"vmlinux\", initrd = \"initrd.img\", cmdline = \"console=ttyS0\" } or image = { disk = \"base.qcow2\" }";
+
+fn image(img: Spanned<RawImage>, root: &Path, problems: &mut Vec<Problem>) -> Option<ImageSpec> {
+    let span = img.span();
+    let table = match img.into_inner() {
+        RawImage::Named(n) if n == "default" => return Some(ImageSpec::Default),
+        RawImage::Named(n) => {
+            let help = if closest(&n, &["default"]).is_some() {
+                "did you mean \"default\"?".to_string()
+            } else if n.contains('/') || n.contains('.') {
+                format!(
+                    "to boot a file, write image = {{ disk = \"{n}\" }} for a qcow2 disk or image = {{ kernel = \"{n}\" }} for a kernel"
+                )
+            } else {
+                IMAGE_SHAPES.to_string()
+            };
+            problems.push(Problem::new(format!("unknown image \"{n}\""), span).help(help));
+            return None;
+        }
+        RawImage::Table(t) => t,
+    };
+    let RawImageTable {
+        kernel,
+        initrd,
+        cmdline,
+        disk,
+    } = table;
+    let before = problems.len();
+    let path =
+        |key: &str, p: &Spanned<String>, problems: &mut Vec<Problem>| match check_path(key, p) {
+            Ok(p) => Some(root.join(p)),
+            Err(problem) => {
+                problems.push(problem);
+                None
+            }
+        };
+    match (kernel, disk) {
+        (Some(_), Some(d)) => {
+            problems.push(
+                Problem::new("image sets both kernel and disk", d.span())
+                    .help("a VM boots either a kernel (with initrd and cmdline) or a disk: remove one of them"),
+            );
+            None
+        }
+        (Some(k), None) => {
+            let kernel = path("kernel", &k, problems);
+            let initrd = initrd.as_ref().map(|i| path("initrd", i, problems));
+            if problems.len() > before {
+                return None;
+            }
+            Some(ImageSpec::Kernel {
+                kernel: kernel?,
+                initrd: initrd.flatten(),
+                cmdline: cmdline.map(Spanned::into_inner),
+            })
+        }
+        (None, Some(d)) => {
+            for (key, v) in [
+                ("initrd", initrd.map(|s| s.span())),
+                ("cmdline", cmdline.map(|s| s.span())),
+            ] {
+                if let Some(s) = v {
+                    problems.push(
+                        Problem::new(format!("{key} only applies to kernel images, not disks"), s)
+                            .help(format!("remove {key}, or boot a kernel with image = {{ kernel = \"vmlinux\", {key} = ... }}")),
+                    );
+                }
+            }
+            let disk = path("disk", &d, problems);
+            if problems.len() > before {
+                return None;
+            }
+            disk.map(|path| ImageSpec::Disk { path })
+        }
+        (None, None) => {
+            let what = if initrd.is_some() || cmdline.is_some() {
+                "image has no kernel"
+            } else {
+                "image table is empty"
+            };
+            problems.push(Problem::new(what, span).help(IMAGE_SHAPES));
+            None
+        }
+    }
+}
+
+fn machine(
+    m: Option<&Spanned<String>>,
+    image: Option<&ImageSpec>,
+    problems: &mut Vec<Problem>,
+) -> Machine {
+    let default = match image {
+        Some(ImageSpec::Disk { .. }) => Machine::Q35,
+        _ => Machine::Microvm,
+    };
+    let Some(m) = m else { return default };
+    match m.get_ref().parse::<Machine>() {
+        Ok(Machine::Microvm) if matches!(image, Some(ImageSpec::Disk { .. })) => {
+            problems.push(
+                Problem::new("machine \"microvm\" cannot boot a disk image", m.span()).help(
+                    "remove machine (disk images default to \"q35\"), or boot a kernel with image = { kernel = \"vmlinux\" }",
+                ),
+            );
+            default
+        }
+        Ok(machine) => machine,
+        Err(e) => {
+            problems.push(choice_problem("machine", m, e.suggestion, &e.expected));
+            default
+        }
+    }
+}
+
+fn choice_problem(
+    key: &str,
+    v: &Spanned<String>,
+    suggestion: Option<&str>,
+    expected: &[&str],
+) -> Problem {
+    let help = match suggestion {
+        Some(s) => format!("did you mean \"{s}\"?"),
+        None => format!("expected {}", super::suggest::one_of(expected)),
+    };
+    Problem::new(format!("unknown {key} \"{}\"", v.get_ref()), v.span()).help(help)
+}
+
+fn check_unique_names(instances: &[Instance], text: &str, problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<&str, &Instance> = HashMap::new();
+    let mut reported: Vec<Range<usize>> = Vec::new();
+    for inst in instances {
+        let Some(first) = seen.get(inst.spec.name.as_str()) else {
+            seen.insert(&inst.spec.name, inst);
+            continue;
+        };
+        if reported.contains(&inst.name_span) {
+            continue;
+        }
+        reported.push(inst.name_span.clone());
+        let name = &inst.spec.name;
+        let message = match &inst.replica {
+            Some((base, idx)) => {
+                format!(
+                    "duplicate VM name \"{name}\" (replica {} of \"{base}\")",
+                    idx + 1
+                )
+            }
+            None => format!("duplicate VM name \"{name}\""),
+        };
+        let line = line_of(text, first.name_span.start);
+        let note = match &first.replica {
+            Some((base, idx)) => format!(
+                "\"{name}\" is already replica {} of \"{base}\" (line {line})",
+                idx + 1
+            ),
+            None => format!("\"{name}\" is first defined on line {line}"),
+        };
+        problems.push(
+            Problem::new(message, inst.name_span.clone())
+                .help("give every VM its own name (count = N names replicas NAME-1 .. NAME-N)")
+                .note(note),
+        );
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> String {
+    line_col(text, offset)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Two binds collide when protocol and port match and the addresses overlap
+/// (equal, or one is a wildcard; `::` also covers IPv4 on Linux).
+fn overlaps(a: &Forward, b: &Forward) -> bool {
+    let addr_overlap = |x: IpAddr, y: IpAddr| {
+        x == y
+            || (x.is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
+            || (y.is_unspecified() && (y.is_ipv6() || x.is_ipv4()))
+    };
+    a.proto == b.proto && a.host_port == b.host_port && addr_overlap(a.host_addr, b.host_addr)
+}
+
+fn check_forwards(
+    instances: &[Instance],
+    broker_port: u16,
+    text: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let broker = Forward {
+        proto: Proto::Tcp,
+        host_addr: IpAddr::from([127, 0, 0, 1]),
+        host_port: broker_port,
+        guest_port: 0,
+    };
+    let mut reported: Vec<Range<usize>> = Vec::new();
+    let mut earlier: Vec<(&Instance, &Forward, &Range<usize>)> = Vec::new();
+    for inst in instances {
+        for (fw, span) in inst.spec.forwards.iter().zip(&inst.forward_spans) {
+            if reported.contains(span) {
+                continue;
+            }
+            let quoted = &text[span.clone()];
+            if overlaps(fw, &broker) {
+                reported.push(span.clone());
+                problems.push(
+                    Problem::new(
+                        format!(
+                            "forward {quoted} of VM \"{}\" binds {}, the castra broker's port",
+                            inst.spec.name,
+                            bind(fw)
+                        ),
+                        span.clone(),
+                    )
+                    .help("pick another host port, or move the broker with [broker] port = ..."),
+                );
+                continue;
+            }
+            if let Some((other, ofw, ospan)) = earlier.iter().find(|(_, ofw, _)| overlaps(fw, ofw))
+            {
+                reported.push(span.clone());
+                let message = if std::ptr::eq(*other, inst) {
+                    format!(
+                        "VM \"{}\" forwards host address {} twice",
+                        inst.spec.name,
+                        bind(fw)
+                    )
+                } else {
+                    format!(
+                        "host address {} is forwarded twice: by VM \"{}\" and VM \"{}\"",
+                        bind(fw),
+                        other.spec.name,
+                        inst.spec.name
+                    )
+                };
+                let mut p = Problem::new(message, span.clone())
+                    .help(format!(
+                        "give each VM its own host port, e.g. \"{}:{}\"",
+                        free_port(fw, instances),
+                        fw.guest_port
+                    ))
+                    .note(format!(
+                        "VM \"{}\" forwards {} on line {}",
+                        other.spec.name,
+                        ofw,
+                        line_of(text, ospan.start)
+                    ));
+                if fw.host_addr != ofw.host_addr {
+                    let wild = if fw.host_addr.is_unspecified() {
+                        fw
+                    } else {
+                        ofw
+                    };
+                    p = p.note(format!(
+                        "{} binds every address, so it overlaps {}",
+                        wild.host_addr,
+                        if std::ptr::eq(wild, fw) {
+                            ofw.host_addr
+                        } else {
+                            fw.host_addr
+                        }
+                    ));
+                }
+                if inst.replica.is_some() || other.replica.is_some() {
+                    p = p
+                        .note("replica i (counting from 0) of a VM with count binds host_port + i");
+                }
+                problems.push(p);
+                continue;
+            }
+            earlier.push((inst, fw, span));
+        }
+    }
+}
+
+fn bind(f: &Forward) -> String {
+    format!(
+        "{}/{}",
+        std::net::SocketAddr::new(f.host_addr, f.host_port),
+        f.proto.as_str()
+    )
+}
+
+/// The first host port above `f`'s that no instance forwards.
+fn free_port(f: &Forward, instances: &[Instance]) -> u16 {
+    let used = |p: u16| {
+        instances
+            .iter()
+            .flat_map(|i| &i.spec.forwards)
+            .any(|o| o.host_port == p && o.proto == f.proto)
+    };
+    (f.host_port..=u16::MAX)
+        .find(|p| !used(*p))
+        .unwrap_or(f.host_port)
+}
