@@ -1,0 +1,11 @@
+//! The host broker: guests prove they are up (handshake) and hold framed
+//! sessions (heartbeats now, the bus later). Pure wire code and the session
+//! state machine live apart from the smol server so the guest agent can
+//! share them; see docs/BUS.md for the protocol.
+
+pub mod frame;
+pub mod hello;
+pub mod line;
+pub mod reason;
+pub mod session;
+pub mod token;
