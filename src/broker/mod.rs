@@ -3,9 +3,11 @@
 //! state machine live apart from the smol server so the guest agent can
 //! share them; see docs/BUS.md for the protocol.
 
+pub mod events;
 pub mod frame;
 pub mod hello;
 pub mod line;
 pub mod reason;
 pub mod session;
+pub mod state;
 pub mod token;

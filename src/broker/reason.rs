@@ -49,6 +49,8 @@ pub enum Reason {
     PeerClosed,
     /// Reading from or writing to the peer failed (or a write stalled).
     IoError,
+    /// The host socket got a request line it does not know.
+    UnknownRequest,
 }
 
 impl Reason {
@@ -74,11 +76,12 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::PeerClosed => "peer_closed",
             Reason::IoError => "io_error",
+            Reason::UnknownRequest => "unknown_request",
         }
     }
 
     /// Every reason, for docs and tests.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::MalformedHello,
         Reason::UnknownVm,
         Reason::BadToken,
@@ -98,6 +101,7 @@ impl Reason {
         Reason::Shutdown,
         Reason::PeerClosed,
         Reason::IoError,
+        Reason::UnknownRequest,
     ];
 
     /// Parse a wire word (used by clients such as the agent).
