@@ -8,6 +8,11 @@ pub mod frame;
 pub mod hello;
 pub mod line;
 pub mod reason;
+pub mod recorder;
+pub mod server;
 pub mod session;
 pub mod state;
 pub mod token;
+
+pub use server::{BrokerError, BrokerOptions, run};
+pub use state::{BrokerSnapshot, FRESHNESS_WINDOW_MS, VmEntry, age_ms, reachable, read_snapshot};
