@@ -24,10 +24,8 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
     for word in cmdline.split_ascii_whitespace() {
         if let Some(vm) = word.strip_prefix("castra.vm=") {
             p.vm = Some(vm.to_owned()).filter(|v| !v.is_empty());
-        } else if let Some(port) = word.strip_prefix("castra.broker_port=") {
-            if let Ok(port) = port.parse() {
-                p.broker_port = Some(port);
-            }
+        } else if let Some(Ok(port)) = word.strip_prefix("castra.broker_port=").map(str::parse) {
+            p.broker_port = Some(port);
         }
     }
     p
