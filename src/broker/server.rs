@@ -349,6 +349,7 @@ struct Conn {
 }
 
 async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
     let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
     let mut conn = Conn {
         ctx,
