@@ -4,6 +4,12 @@
 //! <state_root>/                    default <project dir>/.castra
 //!   lock                           project lock (flock) held by apply/down/clean
 //!   events.jsonl                   structured events, one JSON object a line
+//!   broker/                        the host broker (mode 0700)
+//!     broker.pid                   pid of the running `castra broker`
+//!     broker.sock                  Unix socket for host tools (mode 0600)
+//!     broker.log                   readable log (the broker's stdout/stderr)
+//!     events.jsonl                 handshake and session events, one JSON object a line
+//!     state.json                   broker state snapshot (atomic rename), read by status
 //!   vms/<vm>/
 //!     launch.json                  LaunchRecord: spec + fingerprint + pid identity
 //!     qemu.pid                     pid written by QEMU (-pidfile)
@@ -11,6 +17,8 @@
 //!     serial.log                   guest serial console
 //!     qemu.log                     QEMU's own stderr
 //!     overlay.qcow2                copy-on-write overlay (disk images only)
+//!     token                        the VM's secret (0600); its existence makes the VM
+//!                                  known to the broker; passed to QEMU by fw_cfg
 //! ```
 //!
 //! This module only computes paths; it creates nothing.
@@ -29,6 +37,13 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const SERIAL_LOG: &str = "serial.log";
 pub const QEMU_LOG: &str = "qemu.log";
 pub const OVERLAY: &str = "overlay.qcow2";
+pub const VM_TOKEN: &str = "token";
+pub const BROKER_DIR: &str = "broker";
+pub const BROKER_PIDFILE: &str = "broker.pid";
+pub const BROKER_SOCKET: &str = "broker.sock";
+pub const BROKER_LOG: &str = "broker.log";
+pub const BROKER_EVENTS: &str = "events.jsonl";
+pub const BROKER_STATE: &str = "state.json";
 
 /// Paths of one project's state root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +66,24 @@ impl StateLayout {
     }
     pub fn vms_dir(&self) -> PathBuf {
         self.root.join(VMS_DIR)
+    }
+    pub fn broker_dir(&self) -> PathBuf {
+        self.root.join(BROKER_DIR)
+    }
+    pub fn broker_pidfile(&self) -> PathBuf {
+        self.broker_dir().join(BROKER_PIDFILE)
+    }
+    pub fn broker_socket(&self) -> PathBuf {
+        self.broker_dir().join(BROKER_SOCKET)
+    }
+    pub fn broker_log(&self) -> PathBuf {
+        self.broker_dir().join(BROKER_LOG)
+    }
+    pub fn broker_events(&self) -> PathBuf {
+        self.broker_dir().join(BROKER_EVENTS)
+    }
+    pub fn broker_state(&self) -> PathBuf {
+        self.broker_dir().join(BROKER_STATE)
     }
     pub fn vm(&self, name: &str) -> VmPaths {
         VmPaths {
@@ -83,5 +116,8 @@ impl VmPaths {
     }
     pub fn overlay(&self) -> PathBuf {
         self.dir.join(OVERLAY)
+    }
+    pub fn token(&self) -> PathBuf {
+        self.dir.join(VM_TOKEN)
     }
 }

@@ -4,6 +4,8 @@
 //! The crate is a library with a thin binary (`src/main.rs`). See
 //! `docs/ARCHITECTURE.md` for the code map.
 
+pub mod agent;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -1,0 +1,165 @@
+//! One connection of the guest agent, synchronous (std only): connect, read
+//! the greeting, send the hello, then keep the bus session alive with
+//! heartbeats until it ends. Uses the broker's own wire code (hello lines,
+//! line reader, frames). Reconnecting is the caller's job.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::broker::frame::{self, AckKind, BrokerFrame, ClientFrame, Decoder};
+use crate::broker::hello::{GREETING_PREFIX, Hello, MAX_HELLO_LINE, Reply};
+use crate::broker::line::{LinePush, LineReader};
+use crate::broker::reason::Reason;
+
+/// How the agent reaches the broker.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub hello: Hello,
+    pub heartbeat_interval: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// TCP connect or the greeting failed: the broker is not there.
+    Unreachable(String),
+    /// The broker refused the hello.
+    Refused(Reason),
+    /// A session was open, then ended (bye reason, or what failed).
+    Lost { session: String, why: String },
+}
+
+/// Connect and run one session; `on_open` is called with the session id
+/// once the broker grants it. Returns when the connection is over.
+pub fn run_once(target: &Target, on_open: &mut dyn FnMut(&str)) -> Ended {
+    let mut stream = match TcpStream::connect_timeout(&target.addr, target.connect_timeout) {
+        Ok(s) => s,
+        Err(e) => return Ended::Unreachable(format!("connect {}: {e}", target.addr)),
+    };
+    let _ = stream.set_nodelay(true);
+    let step_timeout = target.connect_timeout.max(Duration::from_secs(1));
+    if let Err(e) = stream.set_read_timeout(Some(step_timeout)) {
+        return Ended::Unreachable(e.to_string());
+    }
+    let greeting = match read_line(&mut stream) {
+        Ok((line, _)) => line,
+        Err(e) => return Ended::Unreachable(format!("no greeting: {e}")),
+    };
+    if !greeting.starts_with(GREETING_PREFIX.as_bytes()) {
+        return Ended::Unreachable("not a castra broker (unexpected greeting)".into());
+    }
+    let hello = format!("{}\n", target.hello.to_line());
+    if let Err(e) = stream.write_all(hello.as_bytes()) {
+        return Ended::Unreachable(format!("sending hello: {e}"));
+    }
+    let (reply, rest) = match read_line(&mut stream) {
+        Ok(r) => r,
+        Err(e) => return Ended::Unreachable(format!("no reply to hello: {e}")),
+    };
+    let session = match Reply::parse(&String::from_utf8_lossy(&reply)) {
+        Some(Reply::Session(id)) => id,
+        Some(Reply::Error(reason)) => return Ended::Refused(reason),
+        Some(Reply::Ok) => {
+            return Ended::Lost {
+                session: String::new(),
+                why: "broker granted a handshake only (no bus-v1?)".into(),
+            };
+        }
+        None => return Ended::Unreachable("unintelligible reply to hello".into()),
+    };
+    on_open(&session);
+    let why = match heartbeat_loop(&mut stream, target.heartbeat_interval, &rest) {
+        Ok(reason) => format!("bye {reason}"),
+        Err(e) => e.to_string(),
+    };
+    Ended::Lost { session, why }
+}
+
+/// Read one line (bounded); returns it and the bytes after it.
+fn read_line(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut reader = LineReader::new(MAX_HELLO_LINE);
+    let mut buf = [0u8; MAX_HELLO_LINE];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        match reader.push(&buf[..n]) {
+            LinePush::NeedMore => {}
+            LinePush::Line { line, rest } => return Ok((line, rest)),
+            LinePush::TooLong => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+        }
+    }
+}
+
+/// Heartbeat every `interval`; returns the broker's bye reason, or the error
+/// that ended the session (EOF, no ack for 3 intervals, bad frame).
+fn heartbeat_loop(stream: &mut TcpStream, interval: Duration, first: &[u8]) -> io::Result<Reason> {
+    let heartbeat = frame::encode(&ClientFrame::Heartbeat);
+    let mut decoder = Decoder::new(frame::DEFAULT_FRAME_LIMIT);
+    let mut last_ack = Instant::now();
+    stream.write_all(&heartbeat)?;
+    let mut next = Instant::now() + interval;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending = first.to_vec();
+    loop {
+        let mut input = &pending[..];
+        while let Some(body) = decoder
+            .decode(&mut input)
+            .map_err(|r| io::Error::new(io::ErrorKind::InvalidData, r.as_str()))?
+        {
+            match BrokerFrame::parse(&body) {
+                Ok(BrokerFrame::Ack {
+                    ack: AckKind::Heartbeat,
+                    ..
+                }) => last_ack = Instant::now(),
+                Ok(BrokerFrame::Bye { reason }) => return Ok(reason),
+                // Other acks, errors (a bye follows) and newer frame types: skip.
+                Ok(BrokerFrame::Ack { .. }) | Ok(BrokerFrame::Error { .. }) | Err(_) => {}
+            }
+        }
+        pending.clear();
+        let now = Instant::now();
+        if now >= next {
+            if now.duration_since(last_ack) > 3 * interval {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no heartbeat ack for 3 intervals",
+                ));
+            }
+            stream.write_all(&heartbeat)?;
+            next += interval;
+            if next < now {
+                next = now + interval;
+            }
+        }
+        stream.set_read_timeout(Some(
+            next.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))?;
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "broker closed the connection",
+                ));
+            }
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Broker events: what goes to `<state_root>/broker/events.jsonl` (one JSON
+//! object a line) and, as readable text, to broker.log. Pure rendering; the
+//! hub appends the lines. Heartbeats are not events (they only refresh the
+//! state snapshot).
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use super::reason::Reason;
+use super::session::Record;
+
+/// One broker event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    BrokerStarted {
+        pid: u32,
+        port: u16,
+    },
+    BrokerStopped {
+        reason: Reason,
+    },
+    HandshakeGranted {
+        vm: String,
+        /// `null` for a handshake-only guest.
+        session: Option<String>,
+        capabilities: Vec<String>,
+        peer: String,
+    },
+    HandshakeDenied {
+        vm: Option<String>,
+        reason: Reason,
+        peer: String,
+    },
+    HelloTimeout {
+        peer: String,
+    },
+    SessionClosed {
+        vm: String,
+        session: String,
+        reason: Reason,
+        peer: String,
+    },
+}
+
+impl Event {
+    /// The event a session record produces, if any.
+    pub fn from_record(record: &Record, peer: SocketAddr) -> Option<Event> {
+        let peer = peer.to_string();
+        match record {
+            Record::Granted {
+                vm,
+                session,
+                capabilities,
+            } => Some(Event::HandshakeGranted {
+                vm: vm.clone(),
+                session: session.clone(),
+                capabilities: capabilities.clone(),
+                peer,
+            }),
+            Record::Denied { vm, reason } => Some(Event::HandshakeDenied {
+                vm: vm.clone(),
+                reason: *reason,
+                peer,
+            }),
+            Record::HelloTimeout => Some(Event::HelloTimeout { peer }),
+            Record::Heartbeat { .. } => None,
+            Record::Closed {
+                vm,
+                session,
+                reason,
+            } => Some(Event::SessionClosed {
+                vm: vm.clone(),
+                session: session.clone(),
+                reason: *reason,
+                peer,
+            }),
+        }
+    }
+
+    /// One line of events.jsonl (no newline).
+    pub fn json_line(&self, ts_ms: u64) -> String {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            ts_ms: u64,
+            #[serde(flatten)]
+            event: &'a Event,
+        }
+        serde_json::to_string(&Line { ts_ms, event: self }).unwrap_or_default()
+    }
+
+    /// One readable line of broker.log (no newline).
+    pub fn log_line(&self, ts_ms: u64) -> String {
+        let body = match self {
+            Event::BrokerStarted { pid, port } => {
+                format!("broker started pid={pid} port={port}")
+            }
+            Event::BrokerStopped { reason } => format!("broker stopped reason={reason}"),
+            Event::HandshakeGranted {
+                vm,
+                session,
+                capabilities,
+                peer,
+            } => match session {
+                Some(id) => format!(
+                    "handshake granted vm={vm} session={id} capabilities={} peer={peer}",
+                    capabilities.join(",")
+                ),
+                None => format!("handshake granted vm={vm} handshake-only peer={peer}"),
+            },
+            Event::HandshakeDenied { vm, reason, peer } => format!(
+                "handshake denied vm={} reason={reason} peer={peer}",
+                vm.as_deref().unwrap_or("-")
+            ),
+            Event::HelloTimeout { peer } => format!("hello timeout peer={peer}"),
+            Event::SessionClosed {
+                vm,
+                session,
+                reason,
+                peer,
+            } => format!("session closed vm={vm} session={session} reason={reason} peer={peer}"),
+        };
+        format!("{} {body}", utc(ts_ms))
+    }
+}
+
+/// `2024-05-01T12:34:56.789Z` from unix milliseconds.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc(1_714_566_896_789), "2024-05-01T12:34:56.789Z");
+    }
+
+    #[test]
+    fn event_lines() {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let records = [
+            Record::Granted {
+                vm: "web".into(),
+                session: Some("0123abcd".into()),
+                capabilities: vec!["bus-v1".into()],
+            },
+            Record::Granted {
+                vm: "web".into(),
+                session: None,
+                capabilities: vec![],
+            },
+            Record::Denied {
+                vm: Some("web".into()),
+                reason: Reason::BadToken,
+            },
+            Record::Denied {
+                vm: None,
+                reason: Reason::LineTooLong,
+            },
+            Record::HelloTimeout,
+            Record::Heartbeat {
+                vm: "web".into(),
+                session: "0123abcd".into(),
+            },
+            Record::Closed {
+                vm: "web".into(),
+                session: "0123abcd".into(),
+                reason: Reason::HeartbeatTimeout,
+            },
+        ];
+        let mut events: Vec<Event> = records
+            .iter()
+            .filter_map(|r| Event::from_record(r, peer))
+            .collect();
+        events.insert(0, Event::BrokerStarted { pid: 7, port: 7750 });
+        events.push(Event::BrokerStopped {
+            reason: Reason::Shutdown,
+        });
+        let mut out = String::new();
+        for e in &events {
+            out.push_str(&e.json_line(1_714_566_896_789));
+            out.push('\n');
+            out.push_str(&e.log_line(1_714_566_896_789));
+            out.push('\n');
+        }
+        insta::assert_snapshot!(out, @r#"
+            {"ts_ms":1714566896789,"event":"broker_started","pid":7,"port":7750}
+            2024-05-01T12:34:56.789Z broker started pid=7 port=7750
+            {"ts_ms":1714566896789,"event":"handshake_granted","vm":"web","session":"0123abcd","capabilities":["bus-v1"],"peer":"127.0.0.1:40000"}
+            2024-05-01T12:34:56.789Z handshake granted vm=web session=0123abcd capabilities=bus-v1 peer=127.0.0.1:40000
+            {"ts_ms":1714566896789,"event":"handshake_granted","vm":"web","session":null,"capabilities":[],"peer":"127.0.0.1:40000"}
+            2024-05-01T12:34:56.789Z handshake granted vm=web handshake-only peer=127.0.0.1:40000
+            {"ts_ms":1714566896789,"event":"handshake_denied","vm":"web","reason":"bad_token","peer":"127.0.0.1:40000"}
+            2024-05-01T12:34:56.789Z handshake denied vm=web reason=bad_token peer=127.0.0.1:40000
+            {"ts_ms":1714566896789,"event":"handshake_denied","vm":null,"reason":"line_too_long","peer":"127.0.0.1:40000"}
+            2024-05-01T12:34:56.789Z handshake denied vm=- reason=line_too_long peer=127.0.0.1:40000
+            {"ts_ms":1714566896789,"event":"hello_timeout","peer":"127.0.0.1:40000"}
+            2024-05-01T12:34:56.789Z hello timeout peer=127.0.0.1:40000
+            {"ts_ms":1714566896789,"event":"session_closed","vm":"web","session":"0123abcd","reason":"heartbeat_timeout","peer":"127.0.0.1:40000"}
+            2024-05-01T12:34:56.789Z session closed vm=web session=0123abcd reason=heartbeat_timeout peer=127.0.0.1:40000
+            {"ts_ms":1714566896789,"event":"broker_stopped","reason":"shutdown"}
+            2024-05-01T12:34:56.789Z broker stopped reason=shutdown
+            "#);
+    }
+}

@@ -1,0 +1,18 @@
+//! The host broker: guests prove they are up (handshake) and hold framed
+//! sessions (heartbeats now, the bus later). Pure wire code and the session
+//! state machine live apart from the smol server so the guest agent can
+//! share them; see docs/BUS.md for the protocol.
+
+pub mod events;
+pub mod frame;
+pub mod hello;
+pub mod line;
+pub mod reason;
+pub mod recorder;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod token;
+
+pub use server::{BrokerError, BrokerOptions, run};
+pub use state::{BrokerSnapshot, FRESHNESS_WINDOW_MS, VmEntry, age_ms, reachable, read_snapshot};

@@ -1,0 +1,599 @@
+//! The broker process (`castra broker`): smol + async-net. Listens on
+//! 127.0.0.1:<port> for guests and on `<state_root>/broker/broker.sock`
+//! (0600) for host tools; runs one task per connection that feeds the pure
+//! [`Session`] machine and carries out its effects; stops on SIGTERM/SIGINT
+//! after sending `bye shutdown` to every session. What the protocol means is
+//! in `session`; what is recorded and written is in `recorder`.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_net::unix::{UnixListener, UnixStream};
+use async_net::{TcpListener, TcpStream};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use smol::Timer;
+
+use super::events::Event;
+use super::frame::{self, ClientFrame, Decoder};
+use super::hello::{GREETING, MAX_HELLO_LINE, Reply};
+use super::line::{LinePush, LineReader};
+use super::reason::Reason;
+use super::recorder::{Recorder, RecorderHandle, log, unix_ms};
+use super::session::{Effect, Input, Session, SessionConfig};
+use super::state::{BrokerSnapshot, read_snapshot};
+use super::token::{TokenLookup, read_token_file};
+use crate::layout::{MAX_SOCKET_PATH, StateLayout};
+
+/// Default cap on simultaneous connections (guest port).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// A write to a peer that takes longer than this closes the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// On shutdown, how long sessions get to receive their `bye`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Everything the broker needs to run.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    pub state_root: PathBuf,
+    pub port: u16,
+    /// Address of the guest listener (127.0.0.1: guests arrive through QEMU NAT).
+    pub bind: IpAddr,
+    pub session: SessionConfig,
+    pub frame_limit: u32,
+    pub max_connections: usize,
+}
+
+impl BrokerOptions {
+    pub fn new(state_root: PathBuf, port: u16) -> Self {
+        BrokerOptions {
+            state_root,
+            port,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            session: SessionConfig::default(),
+            frame_limit: frame::DEFAULT_FRAME_LIMIT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "broker port {port} on {addr} is already in use; stop what holds it or set another `[broker] port` in castra.toml"
+    )]
+    PortInUse { addr: IpAddr, port: u16 },
+    #[error("cannot listen on {addr}:{port}: {source} (check `[broker] port` in castra.toml)")]
+    Bind {
+        addr: IpAddr,
+        port: u16,
+        source: io::Error,
+    },
+    #[error(
+        "host socket path {path} is longer than {MAX_SOCKET_PATH} bytes; set a shorter `[project] state_dir` in castra.toml"
+    )]
+    SocketPathTooLong { path: PathBuf },
+    #[error("another broker already answers on {path}; stop it first (its pid is in broker.pid)")]
+    AlreadyRunning { path: PathBuf },
+    #[error("cannot create host socket {path}: {source}")]
+    Socket { path: PathBuf, source: io::Error },
+    #[error("cannot prepare broker directory {path}: {source}")]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(nix::Error),
+    #[error("cannot start the broker's recorder: {0}")]
+    Recorder(io::Error),
+}
+
+/// Run the broker until SIGTERM or SIGINT; then `bye shutdown` to every
+/// session and return `Ok`. Call it before the process starts any thread
+/// (signals are blocked here and waited for on a dedicated thread).
+pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
+    let signals = block_signals()?;
+    let layout = StateLayout::new(&opts.state_root);
+    prepare_dir(&layout)?;
+    let tcp = bind_tcp(&opts)?;
+    let socket_path = layout.broker_socket();
+    let unix = bind_unix(&socket_path)?;
+    let pid = std::process::id();
+    let pidfile = layout.broker_pidfile();
+    if let Err(e) = super::recorder::write_atomic(&pidfile, pid.to_string().as_bytes()) {
+        log(&format!("cannot write {}: {e}", pidfile.display()));
+    }
+
+    let previous = match read_snapshot(&layout.broker_state()) {
+        Ok(p) => p,
+        Err(e) => {
+            log(&format!("{e}; starting with an empty state"));
+            None
+        }
+    };
+    let snapshot = BrokerSnapshot::starting(
+        previous,
+        pid,
+        opts.port,
+        opts.session.heartbeat_timeout_ms,
+        unix_ms(),
+    );
+    let connections = Arc::new(AtomicUsize::new(0));
+    let recorder =
+        Recorder::spawn(&layout, snapshot, connections.clone()).map_err(BrokerError::Recorder)?;
+    recorder.event(Event::BrokerStarted {
+        pid,
+        port: opts.port,
+    });
+
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("castra-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                log(&format!("received {sig}, stopping"));
+            }
+            drop(stop_tx);
+        })
+        .map_err(BrokerError::Recorder)?;
+
+    let ctx = Arc::new(Ctx {
+        opts,
+        layout,
+        start: Instant::now(),
+        recorder: recorder.handle(),
+        connections,
+        shutdown: stop_rx,
+    });
+    smol::block_on(async {
+        accept_guests(ctx.clone(), tcp)
+            .or(accept_host(ctx.clone(), unix))
+            .await;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while ctx.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            Timer::after(Duration::from_millis(10)).await;
+        }
+    });
+    recorder.stop(Reason::Shutdown);
+    let _ = std::fs::remove_file(&socket_path);
+    if std::fs::read_to_string(&pidfile).is_ok_and(|p| p.trim() == pid.to_string()) {
+        let _ = std::fs::remove_file(&pidfile);
+    }
+    Ok(())
+}
+
+fn block_signals() -> Result<nix::sys::signal::SigSet, BrokerError> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(BrokerError::Signals)?;
+    Ok(set)
+}
+
+fn prepare_dir(layout: &StateLayout) -> Result<(), BrokerError> {
+    let dir = layout.broker_dir();
+    let err = |source| BrokerError::StateDir {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(err)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+fn bind_tcp(opts: &BrokerOptions) -> Result<TcpListener, BrokerError> {
+    let addr = SocketAddr::new(opts.bind, opts.port);
+    let map = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            BrokerError::PortInUse {
+                addr: opts.bind,
+                port: opts.port,
+            }
+        } else {
+            BrokerError::Bind {
+                addr: opts.bind,
+                port: opts.port,
+                source,
+            }
+        }
+    };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(map)?;
+    TcpListener::try_from(std_listener).map_err(map)
+}
+
+fn bind_unix(path: &std::path::Path) -> Result<UnixListener, BrokerError> {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(BrokerError::SocketPathTooLong {
+            path: path.to_path_buf(),
+        });
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BrokerError::AlreadyRunning {
+                path: path.to_path_buf(),
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let err = |source| BrokerError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    UnixListener::try_from(listener).map_err(err)
+}
+
+struct Ctx {
+    opts: BrokerOptions,
+    layout: StateLayout,
+    start: Instant,
+    recorder: RecorderHandle,
+    connections: Arc<AtomicUsize>,
+    /// Never sent on: closed (by dropping its sender) when the broker stops.
+    shutdown: smol::channel::Receiver<()>,
+}
+
+impl Ctx {
+    /// Monotonic milliseconds since the broker started (the session clock).
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn lookup(&self, vm: &str) -> TokenLookup {
+        let found = read_token_file(&self.layout.vm(vm).token());
+        if let TokenLookup::Unreadable(why) = &found {
+            log(&format!("vm {vm}: cannot read its token file: {why}"));
+        }
+        found
+    }
+
+    async fn stopped(&self) {
+        let _ = self.shutdown.recv().await;
+    }
+}
+
+/// Counts a connection while it lives.
+struct ConnGuard(Arc<AtomicUsize>);
+
+impl ConnGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        ConnGuard(counter.clone())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_guests(ctx: Arc<Ctx>, listener: TcpListener) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                ctx.stopped().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                if ctx.connections.load(Ordering::SeqCst) >= ctx.opts.max_connections {
+                    smol::spawn(refuse(stream, Reason::TooManyConnections)).detach();
+                    continue;
+                }
+                let guard = ConnGuard::new(&ctx.connections);
+                let ctx = ctx.clone();
+                smol::spawn(async move {
+                    let _guard = guard;
+                    serve_guest(ctx, stream, peer).await;
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: do not spin.
+                log(&format!("accept on the guest port failed: {e}"));
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, reason: Reason) {
+    let text = format!("{GREETING}\n{}\n", Reply::Error(reason).to_line());
+    let _ = stream
+        .write_all(text.as_bytes())
+        .or(async {
+            Timer::after(Duration::from_secs(1)).await;
+            Ok(())
+        })
+        .await;
+}
+
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = (unix_ms() ^ u64::from(std::process::id()) << 40).to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
+enum Wake {
+    Read(io::Result<usize>),
+    Tick,
+    Shutdown,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Conn {
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: Session,
+}
+
+async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
+    let mut conn = Conn {
+        ctx,
+        stream,
+        peer,
+        session,
+    };
+    if conn
+        .write(format!("{GREETING}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Some(rest) = conn.hello_phase().await {
+        conn.frame_phase(&rest).await;
+    }
+    conn.linger().await;
+}
+
+impl Conn {
+    /// Wait for bytes, the session's next deadline, or shutdown.
+    async fn wait(&mut self, buf: &mut [u8]) -> Wake {
+        let deadline = self.session.deadline_ms().map(|ms| self.ctx.instant_at(ms));
+        let ctx = self.ctx.clone();
+        let read = async { Wake::Read(self.stream.read(buf).await) };
+        let tick = async {
+            match deadline {
+                Some(at) => {
+                    Timer::at(at).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+            Wake::Tick
+        };
+        let stop = async {
+            ctx.stopped().await;
+            Wake::Shutdown
+        };
+        stop.or(read).or(tick).await
+    }
+
+    fn input_for(wake: &Wake) -> Option<Input<'static>> {
+        match wake {
+            Wake::Read(Ok(0)) => Some(Input::PeerGone(Reason::PeerClosed)),
+            Wake::Read(Ok(_)) => None,
+            Wake::Read(Err(_)) => Some(Input::PeerGone(Reason::IoError)),
+            Wake::Tick => Some(Input::Tick),
+            Wake::Shutdown => Some(Input::Shutdown),
+        }
+    }
+
+    /// Read the hello line; returns the bytes after it once a bus session is
+    /// open, `None` when the connection is finished.
+    async fn hello_phase(&mut self) -> Option<Vec<u8>> {
+        let mut reader = LineReader::new(MAX_HELLO_LINE);
+        let mut buf = [0u8; MAX_HELLO_LINE];
+        loop {
+            let wake = self.wait(&mut buf).await;
+            let mut rest = Vec::new();
+            let effects = match (Self::input_for(&wake), wake) {
+                (Some(input), _) => self.step(input),
+                (None, Wake::Read(Ok(n))) => match reader.push(&buf[..n]) {
+                    LinePush::NeedMore => continue,
+                    LinePush::TooLong => self.step(Input::LineTooLong),
+                    LinePush::Line { line, rest: after } => {
+                        rest = after;
+                        self.step(Input::Line(&line))
+                    }
+                },
+                (None, Wake::Read(Err(_)) | Wake::Tick | Wake::Shutdown) => Vec::new(),
+            };
+            match self.perform(effects).await {
+                Flow::Close => return None,
+                Flow::Continue if self.session.is_terminal() => return None,
+                Flow::Continue => match self.session.state() {
+                    super::session::State::Open { .. } => return Some(rest),
+                    super::session::State::AwaitingHello { .. }
+                    | super::session::State::HandshakeOnly { .. }
+                    | super::session::State::Denied { .. }
+                    | super::session::State::Closed { .. } => {}
+                },
+            }
+        }
+    }
+
+    async fn frame_phase(&mut self, first: &[u8]) {
+        let mut decoder = Decoder::new(self.ctx.opts.frame_limit);
+        if let Flow::Close = self.feed(&mut decoder, first).await {
+            return;
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let wake = self.wait(&mut buf).await;
+            let flow = match (Self::input_for(&wake), wake) {
+                (Some(input), _) => {
+                    let effects = self.step(input);
+                    self.perform(effects).await
+                }
+                (None, Wake::Read(Ok(n))) => self.feed(&mut decoder, &buf[..n]).await,
+                (None, Wake::Read(Err(_)) | Wake::Tick | Wake::Shutdown) => Flow::Continue,
+            };
+            if let Flow::Close = flow {
+                return;
+            }
+        }
+    }
+
+    /// Decode every complete frame in `bytes` and run it through the session.
+    async fn feed(&mut self, decoder: &mut Decoder, mut bytes: &[u8]) -> Flow {
+        loop {
+            let input = match decoder.decode(&mut bytes) {
+                Ok(None) => return Flow::Continue,
+                Ok(Some(body)) => Input::Frame(ClientFrame::parse(&body)),
+                Err(reason) => Input::Frame(Err(reason)),
+            };
+            let effects = self.step(input);
+            if let Flow::Close = self.perform(effects).await {
+                return Flow::Close;
+            }
+        }
+    }
+
+    fn step(&mut self, input: Input<'_>) -> Vec<Effect> {
+        let now = self.ctx.now_ms();
+        let ctx = self.ctx.clone();
+        self.session
+            .on_input(now, input, &|vm: &str| ctx.lookup(vm))
+    }
+
+    async fn perform(&mut self, effects: Vec<Effect>) -> Flow {
+        for effect in effects {
+            let written = match effect {
+                Effect::Reply(reply) => {
+                    self.write(format!("{}\n", reply.to_line()).as_bytes())
+                        .await
+                }
+                Effect::Send(f) => self.write(&frame::encode(&f)).await,
+                Effect::Record(record) => {
+                    self.ctx.recorder.record(record, self.peer);
+                    Ok(())
+                }
+                Effect::Close(_) => return Flow::Close,
+            };
+            if written.is_err() {
+                // The peer is gone: close the session without writing more.
+                for e in self.step(Input::PeerGone(Reason::IoError)) {
+                    match e {
+                        Effect::Record(record) => self.ctx.recorder.record(record, self.peer),
+                        Effect::Reply(_) | Effect::Send(_) | Effect::Close(_) => {}
+                    }
+                }
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let stream = &mut self.stream;
+        async { stream.write_all(bytes).await }
+            .or(async {
+                Timer::after(WRITE_TIMEOUT).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+            })
+            .await
+    }
+
+    /// Close politely: stop writing, then drain what the peer still sends
+    /// (bounded in bytes and time) so the last reply is not lost to a reset.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let mut buf = [0u8; 4096];
+        let mut drained = 0usize;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while drained < 64 * 1024 {
+            let n = async { self.stream.read(&mut buf).await.unwrap_or(0) }
+                .or(async {
+                    Timer::at(deadline).await;
+                    0
+                })
+                .await;
+            if n == 0 {
+                break;
+            }
+            drained += n;
+        }
+    }
+}
+
+async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                ctx.stopped().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok((stream, _))) => {
+                let guard = ConnGuard::new(&ctx.connections);
+                let ctx = ctx.clone();
+                smol::spawn(async move {
+                    let _guard = guard;
+                    serve_host(ctx, stream).await;
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                log(&format!("accept on the host socket failed: {e}"));
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Host socket: one request line, one reply. `status` answers the state
+/// snapshot as JSON; anything else is `error: unknown_request`.
+async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
+    let mut reader = LineReader::new(MAX_HELLO_LINE);
+    let mut buf = [0u8; MAX_HELLO_LINE];
+    let line = loop {
+        let n = async { stream.read(&mut buf).await.ok() }
+            .or(async {
+                Timer::after(Duration::from_secs(5)).await;
+                None
+            })
+            .await;
+        match n {
+            None | Some(0) => return,
+            Some(n) => match reader.push(&buf[..n]) {
+                LinePush::NeedMore => continue,
+                LinePush::TooLong => return,
+                LinePush::Line { line, .. } => break line,
+            },
+        }
+    };
+    let reply = match String::from_utf8_lossy(&line).trim() {
+        "status" => match ctx.recorder.status().await {
+            Some(json) => json,
+            None => Reply::Error(Reason::InternalError).to_line(),
+        },
+        _ => Reply::Error(Reason::UnknownRequest).to_line(),
+    };
+    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+}

@@ -1,0 +1,377 @@
+//! The broker's state snapshot (`<state_root>/broker/state.json`): what the
+//! broker knows per VM (last handshake, last heartbeat, open sessions,
+//! denials) and the pure rules status uses to read it ([`reachable`],
+//! [`age_ms`]). Applying session records to the snapshot is pure; writing the
+//! file (atomic rename, coalesced) is the server's hub, reading it is
+//! [`read_snapshot`].
+//!
+//! **Freshness**: a VM is reachable when it has an open bus session and
+//! heard from it (handshake or heartbeat) within [`FRESHNESS_WINDOW_MS`]
+//! (3 heartbeat intervals = 15 s), or, when its latest handshake was
+//! handshake-only, that handshake is within the window. A stale file (broker
+//! killed or frozen) therefore ages out by itself.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::reason::Reason;
+use super::session::{HEARTBEAT_INTERVAL_MS, Record};
+
+/// Format version of state.json.
+pub const STATE_VERSION: u32 = 1;
+/// How long a handshake or heartbeat counts as evidence that a guest is up.
+pub const FRESHNESS_WINDOW_MS: u64 = 3 * HEARTBEAT_INTERVAL_MS;
+
+/// What the broker knows about one VM. Times are unix milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmEntry {
+    /// Latest accepted handshake (bus or handshake-only).
+    pub last_handshake_ms: Option<u64>,
+    /// Latest heartbeat frame on any of its sessions.
+    pub last_heartbeat_ms: Option<u64>,
+    /// The most recently granted session that is still open.
+    pub session: Option<String>,
+    /// Bus sessions open now.
+    pub sessions: u32,
+    /// Accepted handshakes since the state root was created.
+    pub handshakes: u64,
+    /// Whether the latest accepted handshake was handshake-only.
+    pub handshake_only: bool,
+    /// Refused hellos naming this VM (bad or missing token, unreadable token file).
+    pub denials: u64,
+    /// Reason of the latest refusal.
+    pub last_denial: Option<Reason>,
+    /// Open session ids in the order they were granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_sessions: Vec<String>,
+}
+
+/// The whole snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerSnapshot {
+    pub version: u32,
+    pub broker_pid: u32,
+    pub port: u16,
+    pub started_ms: u64,
+    pub written_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub freshness_window_ms: u64,
+    /// Connections open now (any phase).
+    pub connections: u32,
+    /// Hellos naming a VM that has no token file.
+    pub denied_unknown_vm: u64,
+    /// The latest such name (bounded: one name, not a list).
+    pub last_unknown_vm: Option<String>,
+    /// Hellos that were malformed or too long.
+    pub denied_malformed: u64,
+    /// Connections that sent no hello in time.
+    pub hello_timeouts: u64,
+    pub vms: BTreeMap<String, VmEntry>,
+}
+
+impl BrokerSnapshot {
+    /// A fresh snapshot for a broker starting now; per-VM history (times and
+    /// counters) is carried over from `previous`, open sessions are not.
+    pub fn starting(
+        previous: Option<BrokerSnapshot>,
+        pid: u32,
+        port: u16,
+        heartbeat_timeout_ms: u64,
+        now_ms: u64,
+    ) -> Self {
+        let mut vms = BTreeMap::new();
+        let (mut unknown, mut last_unknown, mut malformed, mut timeouts) = (0, None, 0, 0);
+        if let Some(prev) = previous {
+            for (name, mut entry) in prev.vms {
+                entry.session = None;
+                entry.sessions = 0;
+                entry.open_sessions.clear();
+                vms.insert(name, entry);
+            }
+            unknown = prev.denied_unknown_vm;
+            last_unknown = prev.last_unknown_vm;
+            malformed = prev.denied_malformed;
+            timeouts = prev.hello_timeouts;
+        }
+        BrokerSnapshot {
+            version: STATE_VERSION,
+            broker_pid: pid,
+            port,
+            started_ms: now_ms,
+            written_ms: now_ms,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            heartbeat_timeout_ms,
+            freshness_window_ms: FRESHNESS_WINDOW_MS,
+            connections: 0,
+            denied_unknown_vm: unknown,
+            last_unknown_vm: last_unknown,
+            denied_malformed: malformed,
+            hello_timeouts: timeouts,
+            vms,
+        }
+    }
+
+    /// Apply one session record observed at `now_ms` (every record changes
+    /// the snapshot).
+    pub fn apply(&mut self, record: &Record, now_ms: u64) {
+        match record {
+            Record::Granted { vm, session, .. } => {
+                let e = self.vms.entry(vm.clone()).or_default();
+                e.last_handshake_ms = Some(now_ms);
+                e.handshakes += 1;
+                e.handshake_only = session.is_none();
+                if let Some(id) = session {
+                    e.open_sessions.push(id.clone());
+                }
+                e.refresh();
+            }
+            Record::Denied { vm, reason } => match (vm, reason) {
+                (Some(name), Reason::UnknownVm) => {
+                    self.denied_unknown_vm += 1;
+                    self.last_unknown_vm = Some(name.clone());
+                }
+                (Some(name), _) => {
+                    let e = self.vms.entry(name.clone()).or_default();
+                    e.denials += 1;
+                    e.last_denial = Some(*reason);
+                }
+                (None, _) => self.denied_malformed += 1,
+            },
+            Record::HelloTimeout => self.hello_timeouts += 1,
+            Record::Heartbeat { vm, .. } => {
+                self.vms.entry(vm.clone()).or_default().last_heartbeat_ms = Some(now_ms);
+            }
+            Record::Closed { vm, session, .. } => {
+                let e = self.vms.entry(vm.clone()).or_default();
+                e.open_sessions.retain(|s| s != session);
+                e.refresh();
+            }
+        }
+    }
+}
+
+impl VmEntry {
+    fn refresh(&mut self) {
+        self.sessions = self.open_sessions.len() as u32;
+        self.session = self.open_sessions.last().cloned();
+    }
+}
+
+/// Whether the snapshot shows the VM as up at `now_ms` (see the module doc).
+/// Status should also treat a VM as unreachable when the broker is not running.
+pub fn reachable(entry: &VmEntry, now_ms: u64) -> bool {
+    let fresh = |t: Option<u64>| t.is_some_and(|t| now_ms.saturating_sub(t) <= FRESHNESS_WINDOW_MS);
+    if entry.sessions > 0 {
+        fresh(entry.last_heartbeat_ms) || fresh(entry.last_handshake_ms)
+    } else {
+        entry.handshake_only && fresh(entry.last_handshake_ms)
+    }
+}
+
+/// Age of a timestamp at `now_ms` (`None` when never).
+pub fn age_ms(t: Option<u64>, now_ms: u64) -> Option<u64> {
+    t.map(|t| now_ms.saturating_sub(t))
+}
+
+/// Errors reading state.json.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read broker state {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error(
+        "broker state {path} is not valid JSON ({source}); the broker rewrites it on its next change"
+    )]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Read state.json; `Ok(None)` when the broker never wrote one.
+pub fn read_snapshot(path: &Path) -> Result<Option<BrokerSnapshot>, StateError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|source| StateError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn granted(vm: &str, session: Option<&str>) -> Record {
+        Record::Granted {
+            vm: vm.into(),
+            session: session.map(str::to_owned),
+            capabilities: vec![],
+        }
+    }
+
+    #[test]
+    fn records_build_the_snapshot() {
+        let mut s = BrokerSnapshot::starting(None, 42, 7750, 15_000, 1_000);
+        s.apply(&granted("web", Some("a")), 1_100);
+        s.apply(&granted("web", Some("b")), 1_200);
+        s.apply(
+            &Record::Heartbeat {
+                vm: "web".into(),
+                session: "a".into(),
+            },
+            1_300,
+        );
+        s.apply(
+            &Record::Closed {
+                vm: "web".into(),
+                session: "b".into(),
+                reason: Reason::PeerClosed,
+            },
+            1_400,
+        );
+        s.apply(&granted("db", None), 1_500);
+        s.apply(
+            &Record::Denied {
+                vm: Some("db".into()),
+                reason: Reason::BadToken,
+            },
+            1_600,
+        );
+        s.apply(
+            &Record::Denied {
+                vm: Some("ghost".into()),
+                reason: Reason::UnknownVm,
+            },
+            1_700,
+        );
+        s.apply(
+            &Record::Denied {
+                vm: None,
+                reason: Reason::MalformedHello,
+            },
+            1_800,
+        );
+        s.apply(&Record::HelloTimeout, 1_900);
+        insta::assert_snapshot!(serde_json::to_string_pretty(&s).unwrap(), @r#"
+            {
+              "version": 1,
+              "broker_pid": 42,
+              "port": 7750,
+              "started_ms": 1000,
+              "written_ms": 1000,
+              "heartbeat_interval_ms": 5000,
+              "heartbeat_timeout_ms": 15000,
+              "freshness_window_ms": 15000,
+              "connections": 0,
+              "denied_unknown_vm": 1,
+              "last_unknown_vm": "ghost",
+              "denied_malformed": 1,
+              "hello_timeouts": 1,
+              "vms": {
+                "db": {
+                  "last_handshake_ms": 1500,
+                  "last_heartbeat_ms": null,
+                  "session": null,
+                  "sessions": 0,
+                  "handshakes": 1,
+                  "handshake_only": true,
+                  "denials": 1,
+                  "last_denial": "bad_token"
+                },
+                "web": {
+                  "last_handshake_ms": 1200,
+                  "last_heartbeat_ms": 1300,
+                  "session": "a",
+                  "sessions": 1,
+                  "handshakes": 2,
+                  "handshake_only": false,
+                  "denials": 0,
+                  "last_denial": null,
+                  "open_sessions": [
+                    "a"
+                  ]
+                }
+              }
+            }
+            "#);
+
+        // A restarted broker keeps history, not sessions.
+        let restarted = BrokerSnapshot::starting(Some(s), 43, 7750, 15_000, 5_000);
+        let web = &restarted.vms["web"];
+        assert_eq!((web.sessions, web.session.as_deref()), (0, None));
+        assert_eq!(web.last_heartbeat_ms, Some(1_300));
+        assert_eq!(restarted.denied_unknown_vm, 1);
+    }
+
+    #[test]
+    fn reachability_table() {
+        let w = FRESHNESS_WINDOW_MS;
+        let open = |hs: Option<u64>, hb: Option<u64>| VmEntry {
+            last_handshake_ms: hs,
+            last_heartbeat_ms: hb,
+            sessions: 1,
+            session: Some("s".into()),
+            ..VmEntry::default()
+        };
+        let only = |hs: Option<u64>| VmEntry {
+            last_handshake_ms: hs,
+            handshake_only: true,
+            ..VmEntry::default()
+        };
+        let now = 100_000;
+        let closed = VmEntry {
+            last_handshake_ms: Some(now - 10),
+            last_heartbeat_ms: Some(now - 10),
+            handshakes: 1,
+            ..VmEntry::default()
+        };
+        let cases = [
+            ("never", VmEntry::default(), false),
+            ("open, fresh handshake", open(Some(now - 10), None), true),
+            (
+                "open, old handshake, fresh heartbeat",
+                open(Some(0), Some(now - w)),
+                true,
+            ),
+            ("open, both stale", open(Some(0), Some(now - w - 1)), false),
+            ("handshake-only, fresh", only(Some(now - w)), true),
+            ("handshake-only, stale", only(Some(now - w - 1)), false),
+            ("closed session, recent times", closed, false),
+            ("clock went back", open(Some(now + 5_000), None), true),
+        ];
+        for (name, entry, want) in cases {
+            assert_eq!(reachable(&entry, now), want, "{name}");
+        }
+        assert_eq!(age_ms(None, now), None);
+        assert_eq!(age_ms(Some(now - 7), now), Some(7));
+    }
+
+    #[test]
+    fn read_snapshot_missing_and_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert!(read_snapshot(&path).unwrap().is_none());
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(StateError::Parse { .. })
+        ));
+        let s = BrokerSnapshot::starting(None, 1, 2, 3, 4);
+        std::fs::write(&path, serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(read_snapshot(&path).unwrap(), Some(s));
+    }
+}
