@@ -629,6 +629,64 @@ mod tests {
         }
     }
 
+    /// Runs guest/handshake.sh under busybox sh with `broker_says` as the
+    /// connection's input; returns (exit code, what it sent, its stderr).
+    fn handshake(broker_says: &str, token: Option<&str>) -> Option<(i32, String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("raw");
+        if let Some(t) = token {
+            fs::write(&token_file, t).unwrap();
+        }
+        let mut child = Command::new("busybox")
+            .args(["sh", "-c", HANDSHAKE_SCRIPT])
+            .env("CASTRA_VM", "web")
+            .env("CASTRA_TOKEN_FILE", &token_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(broker_says.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Some((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn handshake_script_speaks_protocol_v1() {
+        let Some(ok) = handshake("castra-broker 1 ready\nok\n", Some("s3cret")) else {
+            println!("note: busybox not installed; handshake script not run");
+            return;
+        };
+        assert_eq!(
+            ok,
+            (
+                0,
+                "hello vm:web token=s3cret\n".into(),
+                "castra-guest: broker handshake: ok\n".into()
+            )
+        );
+        let no_token = handshake("castra-broker 1 ready\nok\n", None).unwrap();
+        assert_eq!(no_token.1, "hello vm:web\n");
+        let refused = handshake("castra-broker 1 ready\nerror: bad token\n", Some("x")).unwrap();
+        assert_eq!(refused.0, 2);
+        assert_eq!(
+            refused.2,
+            "castra-guest: broker handshake: error: bad token\n"
+        );
+        let stranger = handshake("SSH-2.0-OpenSSH\n", Some("x")).unwrap();
+        assert_eq!(stranger.0, 1);
+        assert_eq!(stranger.1, "", "must not send the token to a non-broker");
+    }
+
     #[test]
     fn gzip_round_trips() {
         let data = write_archive(&[Entry::Dir {
