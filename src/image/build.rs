@@ -203,6 +203,11 @@ pub fn build(
     fs::write(&manifest_path, json).map_err(ImageError::io(&manifest_path))?;
 
     if dir.exists() {
+        if !opts.force && read_image(&dir).is_ok() {
+            // A concurrent build of the same inputs finished first; keep its image.
+            point_current(&images, &key)?;
+            return read_image(&dir);
+        }
         // --force, or a broken image under this key: move it aside first.
         let old = ScratchDir::new(&images, "old")?;
         fs::rename(&dir, old.path().join("image")).map_err(ImageError::io(&dir))?;
