@@ -1,0 +1,170 @@
+//! `castra image`: build the default guest image or print where it is.
+//! Parses arguments and renders results; the work is in `crate::image`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::image::{self, BuildOptions, DefaultImage};
+
+/// Build or locate castra's default guest image.
+#[derive(Debug, Args)]
+#[command(long_about = "Build or locate castra's default guest image.\n\n\
+The image is a Debian kernel (linux-image-amd64, uncompressed for -M microvm) and a \
+busybox initramfs whose init loads the virtio modules, brings up the network on \
+QEMU's user-mode NAT, and powers off on the ACPI power button. It lives in the cache \
+directory ($CASTRA_CACHE_DIR, else $XDG_CACHE_HOME/castra, else ~/.cache/castra) and \
+is rebuilt only when its inputs change.")]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the default guest image (a no-op when its inputs are unchanged).
+    #[command(long_about = "Build the default guest image.\n\n\
+Fetches linux-image-amd64 with `apt-get download` (reusing copies in the cache and in \
+/var/cache/apt/archives, so it works offline once fetched), takes busybox from \
+busybox-static, and packs the initramfs. Prints one line per step. When an image \
+built from the same inputs exists, it says so and does nothing.")]
+    Build(BuildArgs),
+    /// Print the kernel, initrd and command line of the built image.
+    #[command(
+        long_about = "Print the kernel, initrd and command line of the built image.\n\n\
+Exits 1 with the command to run if no image has been built."
+    )]
+    Path(PathArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Rebuild even if an image with the same inputs already exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Use this linux-image-<version>-amd64 .deb instead of asking apt.
+    #[arg(long, value_name = "PATH")]
+    pub kernel_deb: Option<PathBuf>,
+    /// Use this static busybox binary or busybox-static .deb.
+    #[arg(long, value_name = "PATH")]
+    pub busybox: Option<PathBuf>,
+    /// Print the result as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PathArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &ImageArgs) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        ImageCommand::Build(b) => build(b),
+        ImageCommand::Path(p) => path(p),
+    }
+}
+
+fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let opts = BuildOptions {
+        force: args.force,
+        kernel_deb: args.kernel_deb.clone(),
+        busybox: args.busybox.clone(),
+        extra_files: Vec::new(),
+    };
+    let json = args.json;
+    let mut progress = |line: &str| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    let image =
+        image::build(&opts, &mut progress).context("cannot build the default guest image")?;
+    if json {
+        print_json(&image)?;
+    } else {
+        print_text(&image)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn path(args: &PathArgs) -> anyhow::Result<ExitCode> {
+    let image = image::locate()?;
+    if args.json {
+        print_json(&image)?;
+    } else {
+        print_text(&image)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(image: &DefaultImage) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "kernel:  {}", image.kernel.display())?;
+    writeln!(out, "initrd:  {}", image.initrd.display())?;
+    writeln!(out, "cmdline: {}", image.cmdline)?;
+    writeln!(out, "id:      {}", image.id)?;
+    Ok(())
+}
+
+fn print_json(image: &DefaultImage) -> anyhow::Result<()> {
+    let value = json!({
+        "kernel": image.kernel,
+        "initrd": image.initrd,
+        "cmdline": image.cmdline,
+        "id": image.id,
+        "cache_root": image::cache_root(),
+    });
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    #[command(name = "castra-image")]
+    struct Cli {
+        #[command(flatten)]
+        image: ImageArgs,
+    }
+
+    #[test]
+    fn parses_build_flags() {
+        let cli = Cli::try_parse_from([
+            "castra-image",
+            "build",
+            "--force",
+            "--kernel-deb",
+            "k.deb",
+            "--busybox",
+            "/bin/busybox",
+            "--json",
+        ])
+        .unwrap();
+        let ImageCommand::Build(b) = cli.image.command else {
+            panic!("expected build");
+        };
+        assert!(b.force && b.json);
+        assert_eq!(b.kernel_deb, Some(PathBuf::from("k.deb")));
+        assert_eq!(b.busybox, Some(PathBuf::from("/bin/busybox")));
+    }
+
+    #[test]
+    fn help_text() {
+        Cli::command().debug_assert();
+        let mut cmd = Cli::command();
+        let build = cmd.find_subcommand_mut("build").unwrap();
+        insta::assert_snapshot!(build.render_help().to_string());
+    }
+}
