@@ -6,11 +6,13 @@
 
 pub mod agent;
 pub mod broker;
+pub mod clean;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod image;
 pub mod layout;
+pub mod logs;
 pub mod qemu;
 pub mod reconcile;
 pub mod status;

@@ -45,7 +45,8 @@ fn boot(image: &DefaultImage, dir: &Path, vm: &str, token: &str, broker_port: u1
     let qmp = dir.join("qmp.sock");
     // Without the host's TSC rate the guest hangs calibrating against the PIT
     // on a loaded host (see src/image/clock.rs).
-    let tcg = image::tcg_kernel_args_for_host().expect("x86-64 host with a TSC");
+    let tcg =
+        castra::qemu::guest_clock::tcg_kernel_args_for_host().expect("x86-64 host with a TSC");
     let append = format!(
         "{} castra.vm={vm} castra.broker_port={broker_port} {tcg}",
         image.cmdline

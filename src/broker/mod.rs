@@ -3,6 +3,7 @@
 //! state machine live apart from the smol server so the guest agent can
 //! share them; see docs/BUS.md for the protocol.
 
+pub mod control;
 pub mod events;
 pub mod frame;
 pub mod hello;

@@ -1,38 +1,153 @@
-//! Command-line interface.
-//!
-//! In this branch only the hidden `castra broker` subcommand is wired; the
-//! lead's CLI on main carries the other commands.
+//! Command-line interface: clap definitions, dispatch, and the mapping of
+//! errors to exit codes. Each command's rendering lives in its own module;
+//! the work itself lives in the library (reconcile, status, logs, clean).
 
+mod apply;
 pub mod broker;
+mod clean;
+pub mod image;
+mod init;
+mod logs;
+mod status;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::config::{self, AccelChoice, Project};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_CHANGES_PENDING: u8 = 2;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (for `plan`: no changes)
+  1  error, or `apply` did not converge
+  2  `plan` only: changes pending (like `terraform plan -detailed-exitcode`)
+
+Environment:
+  CASTRA_CONFIG     path of castra.toml (same as --config)
+  CASTRA_ACCEL      auto|kvm|tcg: overrides every VM's `accel`
+  CASTRA_CACHE_DIR  where the default guest image is cached (default ~/.cache/castra)
+  CASTRA_QEMU       QEMU binary (default qemu-system-x86_64)";
+
 #[derive(Parser, Debug)]
-#[command(name = "castra", version)]
-struct Cli {
+#[command(
+    name = "castra",
+    version,
+    about = "Declare a project's QEMU VMs in castra.toml and converge them.",
+    long_about = "Declare a project's QEMU VMs in castra.toml and converge them.\n\n\
+        `castra init` writes an example, `castra image build` builds the default guest image,\n\
+        `castra plan` shows what would change, `castra apply` makes it so, `castra status`\n\
+        tells what runs, `castra down` stops VMs cooperatively.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Path of castra.toml (default: search upward from the current directory).
+    #[arg(short, long, global = true, env = "CASTRA_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the host broker in the foreground (started by `apply`).
+    /// Write a commented example castra.toml into the current directory.
+    Init(init::InitArgs),
+    /// Show what `apply` would change. Exit 0: nothing; 2: changes pending; 1: error.
+    Plan(apply::PlanArgs),
+    /// Converge the VMs to castra.toml: start, restart (on drift) and stop.
+    Apply(apply::ApplyArgs),
+    /// Show every VM's state at once, without waiting on any VM.
+    #[command(after_help = crate::status::LEGEND)]
+    Status(status::StatusArgs),
+    /// Stop VMs (all, or those named): ACPI powerdown, then SIGTERM, then SIGKILL.
+    Down(apply::DownArgs),
+    /// Show (or follow) VM serial consoles and QEMU logs.
+    Logs(logs::LogsArgs),
+    /// Remove overlays, logs and stale state of stopped VMs.
+    Clean(clean::CleanArgs),
+    /// Build or locate the default guest image.
+    Image(image::ImageArgs),
+    /// Run the host broker in the foreground (started by `apply`; not for direct use).
     #[command(hide = true)]
     Broker(broker::BrokerArgs),
 }
 
+/// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Broker(args) => broker::run(args),
-    };
-    match result {
+    if matches!(cli.command, Command::Status(_) | Command::Logs(_)) {
+        // Output-only commands often piped into `head`: end quietly there.
+        // Never for commands that write to sockets or pipes (QMP, the broker,
+        // xz): with the default disposition a peer closing early would kill us.
+        reset_sigpipe();
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            let msg = format!("{err:#}");
+            if msg.starts_with("error") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("error: {msg}");
+            }
+            ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.as_deref();
+    match &cli.command {
+        Command::Init(args) => init::run(args, config),
+        Command::Plan(args) => apply::plan(args, &load_project(config)?),
+        Command::Apply(args) => apply::apply(args, &load_project(config)?),
+        Command::Status(args) => status::run(args, &load_project(config)?),
+        Command::Down(args) => apply::down(args, &load_project(config)?),
+        Command::Logs(args) => logs::run(args, &load_project(config)?),
+        Command::Clean(args) => clean::run(args, &load_project(config)?),
+        Command::Image(args) => image::run(args),
+        Command::Broker(args) => broker::run(args),
+    }
+}
+
+/// Find and load castra.toml, then apply `CASTRA_ACCEL`.
+pub fn load_project(explicit: Option<&Path>) -> Result<Project> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let cwd = std::env::current_dir().context("cannot read the current directory")?;
+            config::discover(&cwd).with_context(|| {
+                format!(
+                    "no {} in {} or any parent directory; run `castra init` to write one, or pass --config",
+                    config::CONFIG_FILE_NAME,
+                    cwd.display()
+                )
+            })?
+        }
+    };
+    let mut project = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Ok(value) = std::env::var("CASTRA_ACCEL") {
+        let choice: AccelChoice = value
+            .parse()
+            .map_err(|e| anyhow::anyhow!("CASTRA_ACCEL={value:?}: {e}"))?;
+        for vm in &mut project.vms {
+            vm.accel = choice;
+        }
+    }
+    Ok(project)
+}
+
+/// Writing into a closed pipe (`castra status | head`) ends quietly.
+fn reset_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: restoring the default disposition installs no handler code.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
 }

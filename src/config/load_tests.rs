@@ -281,7 +281,13 @@ fn a_minimal_vm_gets_the_documented_defaults() {
     assert_eq!(p.config_path, Path::new("/srv/demo/castra.toml"));
     assert_eq!(p.root_dir, Path::new("/srv/demo"));
     assert_eq!(p.state_root, Path::new("/srv/demo/.castra"));
-    assert_eq!(p.broker, BrokerConfig { port: 7750 });
+    assert_eq!(
+        p.broker,
+        BrokerConfig {
+            port: 7750,
+            allow_tokenless_handshake: false
+        }
+    );
     assert_eq!(p.lifecycle.powerdown_wait, Duration::from_secs(20));
     assert_eq!(p.lifecycle.sigterm_wait, Duration::from_secs(5));
     assert_eq!(
@@ -326,6 +332,7 @@ state_dir = "/var/lib/castra-lab"
 
 [broker]
 port = 7900
+allow_tokenless_handshake = true
 
 [lifecycle]
 powerdown_wait = "1m30s"
@@ -353,6 +360,7 @@ machine = "q35"
     assert_eq!(p.name, "lab");
     assert_eq!(p.state_root, Path::new("/var/lib/castra-lab"));
     assert_eq!(p.broker.port, 7900);
+    assert!(p.broker.allow_tokenless_handshake);
     assert_eq!(p.lifecycle.powerdown_wait, Duration::from_secs(90));
     assert_eq!(p.lifecycle.sigterm_wait, Duration::from_millis(500));
 
@@ -486,6 +494,7 @@ fn the_template_documents_every_key() {
         "cmdline",
         "disk",
         "port",
+        "allow_tokenless_handshake",
         "powerdown_wait",
         "sigterm_wait",
     ] {

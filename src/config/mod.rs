@@ -124,7 +124,7 @@ impl FromStr for Machine {
 }
 
 /// Accelerator requested by config or `CASTRA_ACCEL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccelChoice {
     /// KVM when a bounded probe proves it works, otherwise TCG.
@@ -252,6 +252,9 @@ impl Proto {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
     pub port: u16,
+    /// Let a handshake-only hello without a token (`echo hello vm:web | nc ...`)
+    /// mark its VM reachable. Off by default: every castra guest has a token.
+    pub allow_tokenless_handshake: bool,
 }
 
 /// `[lifecycle]`: how long each stage of the shutdown ladder waits.
@@ -279,6 +282,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             port: DEFAULT_BROKER_PORT,
+            allow_tokenless_handshake: false,
         }
     }
 }

@@ -111,6 +111,7 @@ impl<'de> Deserialize<'de> for RawImage {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBroker {
     pub port: Option<Spanned<i64>>,
+    pub allow_tokenless_handshake: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

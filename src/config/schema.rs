@@ -15,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 enum Kind {
     Str,
     Int,
+    Bool,
     /// A string with a unit or an integer (MiB).
     Size,
     StrArray,
@@ -85,7 +86,14 @@ static IMAGE: Section = Section {
 
 static BROKER: Section = Section {
     title: "[broker]",
-    fields: &[field("port", Kind::Int, "port = 7750")],
+    fields: &[
+        field("port", Kind::Int, "port = 7750"),
+        field(
+            "allow_tokenless_handshake",
+            Kind::Bool,
+            "allow_tokenless_handshake = false",
+        ),
+    ],
 };
 
 static LIFECYCLE: Section = Section {
@@ -195,6 +203,8 @@ fn check_value(value: &Spanned<DeValue<'_>>, f: &Field, section: &Section, out: 
         }
         Kind::Int if v.is_integer() => {}
         Kind::Int => out.push(wrong("a whole number")),
+        Kind::Bool if v.is_bool() => {}
+        Kind::Bool => out.push(wrong("true or false")),
         Kind::Size if v.is_str() || v.is_integer() => {}
         Kind::Size => out.push(wrong("a size")),
         Kind::StrArray => match v.as_array() {

@@ -35,6 +35,8 @@ forwards = ["127.0.0.1:5432:5432"]
 
 [broker]
 # port = 7750              # guests reach the broker at 10.0.2.2:<port>
+# allow_tokenless_handshake = false   # let `echo hello vm:NAME | nc 10.0.2.2 PORT`
+#                                     # (no token) mark a VM reachable
 
 [lifecycle]
 # powerdown_wait = "20s"   # after the ACPI power button, before SIGTERM

@@ -72,9 +72,17 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
         None => origin.root_dir.join(DEFAULT_STATE_DIR),
     };
 
-    let broker = match raw.broker.and_then(|b| b.into_inner().port) {
+    let raw_broker = raw.broker.map(|b| b.into_inner());
+    let allow_tokenless_handshake = raw_broker
+        .as_ref()
+        .and_then(|b| b.allow_tokenless_handshake)
+        .unwrap_or(false);
+    let mut broker = match raw_broker.and_then(|b| b.port) {
         Some(port) => match u16::try_from(*port.get_ref()) {
-            Ok(p) if p > 0 => BrokerConfig { port: p },
+            Ok(p) if p > 0 => BrokerConfig {
+                port: p,
+                ..BrokerConfig::default()
+            },
             _ => {
                 problems.push(
                     Problem::new(
@@ -91,6 +99,7 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
         },
         None => BrokerConfig::default(),
     };
+    broker.allow_tokenless_handshake = allow_tokenless_handshake;
 
     let mut lifecycle = Lifecycle::default();
     if let Some(l) = raw.lifecycle.map(Spanned::into_inner) {

@@ -8,7 +8,7 @@
 //! into a scratch directory that is removed on any error.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -265,12 +265,18 @@ fn decompress_kernel(vmlinuz: &Path, out: &Path) -> Result<u64, ImageError> {
         source,
     })?;
     let output = fs::File::create(out).map_err(ImageError::io(out))?;
-    let mut child = Command::new("xz")
+    // xz reads the payload straight from the file at its offset: no pipe, so
+    // xz stopping at the end of the stream cannot hit us with SIGPIPE.
+    let mut input = fs::File::open(vmlinuz).map_err(ImageError::io(vmlinuz))?;
+    input
+        .seek(SeekFrom::Start(offset as u64))
+        .map_err(ImageError::io(vmlinuz))?;
+    let result = Command::new("xz")
         .args(["-dc", "--single-stream"])
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(input))
         .stdout(output)
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ImageError::ToolMissing {
                 tool: "xz".into(),
@@ -279,22 +285,8 @@ fn decompress_kernel(vmlinuz: &Path, out: &Path) -> Result<u64, ImageError> {
             },
             _ => ImageError::io(out)(e),
         })?;
-    let mut stdin = child.stdin.take().ok_or_else(|| ImageError::Broken {
-        dir: out.to_path_buf(),
-        reason: "xz has no stdin pipe".into(),
-    })?;
-    let payload = bzimage[offset..].to_vec();
-    // Feed from a thread so xz's output and stderr never block our write.
-    // Trailing bytes after the stream make xz close stdin early (EPIPE): fine.
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&payload);
-    });
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let status = child.wait().map_err(ImageError::io(out))?;
-    let _ = feeder.join();
+    let status = result.status;
+    let stderr = String::from_utf8_lossy(&result.stderr);
     if !status.success() {
         return Err(ImageError::Command {
             command: format!("xz -dc --single-stream (payload of {})", vmlinuz.display()),

@@ -7,11 +7,10 @@
 //! `build` makes or reuses the image in the user's cache directory. This
 //! module does not launch QEMU: the argv builder turns a `DefaultImage` into
 //! `-kernel/-initrd/-append` (adding `castra.vm=` and `castra.broker_port=`,
-//! and under TCG `tcg_kernel_args_for_host()`: see `clock.rs` for why).
+//! and under TCG `qemu::guest_clock::tcg_kernel_args_for_host()`: see there for why).
 
 mod binary;
 mod build;
-pub mod clock;
 pub mod cpio;
 mod error;
 mod manifest;
@@ -23,7 +22,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use clock::tcg_kernel_args_for_host;
 pub use error::ImageError;
 pub use manifest::{INITRD_FILE, KERNEL_FILE, Manifest};
 
@@ -39,7 +37,7 @@ pub struct DefaultImage {
     /// newc cpio initramfs.
     pub initrd: PathBuf,
     /// Base kernel command line; castra appends `castra.vm=<name> castra.broker_port=<port>`
-    /// and, under TCG, `tcg_kernel_args_for_host()` (host-specific, so not part of `id`).
+    /// and, under TCG, `qemu::guest_clock::tcg_kernel_args_for_host()` (host-specific, so not part of `id`).
     pub cmdline: String,
     /// Short hex content id (kernel + initrd + cmdline), for fingerprints.
     pub id: String,

@@ -292,6 +292,18 @@ pub fn probe(id: &ProcessIdentity, marker: &str) -> Liveness {
     }
 }
 
+/// The identity of a live pid read from /proc (for a QEMU found through its
+/// pidfile without a launch record); `None` when it is gone.
+pub fn identity_of(pid: i32) -> Option<ProcessIdentity> {
+    if pid <= 1 {
+        return None;
+    }
+    read_stat(pid).map(|s| ProcessIdentity {
+        pid,
+        start_ticks: s.start_ticks,
+    })
+}
+
 fn cmdline_has(cmdline: &[u8], marker: &str) -> bool {
     if marker.is_empty() {
         return true;
@@ -387,8 +399,12 @@ pub struct ShutdownOutcome {
     pub exited: bool,
 }
 
+/// How often the power button is pressed again while waiting for the guest.
+pub const POWERDOWN_REPEAT: Duration = Duration::from_secs(2);
+
 /// Stops the QEMU `id`: QMP `system_powerdown`, up to `powerdown_wait` for it
-/// to exit, SIGTERM, up to `sigterm_wait`, SIGKILL, up to a few seconds.
+/// to exit (pressing the button again every [`POWERDOWN_REPEAT`]), SIGTERM,
+/// up to `sigterm_wait`, SIGKILL, up to a few seconds.
 /// Idempotent: a QEMU that is already gone is `AlreadyStopped`. Signals go
 /// only to a process that [`probe`] still calls `Alive`.
 pub fn shutdown(
@@ -415,12 +431,24 @@ pub fn shutdown(
 
     // 1. The ACPI power button.
     let mut last = Stage::AlreadyStopped;
-    match Qmp::connect(qmp_socket, QMP_TIMEOUT).and_then(|mut q| q.system_powerdown()) {
-        Ok(()) => {
+    let pressed =
+        Qmp::connect(qmp_socket, QMP_TIMEOUT).and_then(|mut q| q.system_powerdown().map(|()| q));
+    match pressed {
+        Ok(mut qmp) => {
             on_event(ShutdownEvent::PowerdownSent);
             last = Stage::Powerdown;
-            if wait_exit(id, marker, waits.powerdown_wait) {
-                return done(Stage::Powerdown, true, on_event);
+            // A guest still booting has no handler for the button yet and the
+            // press is lost: press again every POWERDOWN_REPEAT until the wait ends.
+            let deadline = start + waits.powerdown_wait;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if wait_exit(id, marker, left.min(POWERDOWN_REPEAT)) {
+                    return done(Stage::Powerdown, true, on_event);
+                }
+                if left <= POWERDOWN_REPEAT {
+                    break;
+                }
+                let _ = qmp.system_powerdown();
             }
         }
         Err(e) => on_event(ShutdownEvent::QmpUnavailable {

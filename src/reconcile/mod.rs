@@ -1,1 +1,18 @@
-//! Reconcile: observe -> plan -> execute.
+//! Reconcile: `observe` what runs -> `plan` (pure) -> `execute` idempotent
+//! steps -> observe again. Only a fresh observe with an empty plan counts as
+//! converged.
+//!
+//! **Invariant:** `plan` does no I/O; `observe` never fails as a whole (each VM
+//! is running, stopped or broken-with-reasons); `execute` assumes the last run
+//! may have died half-way and checks every property on its own.
+
+pub mod apply;
+pub mod desired;
+pub mod execute;
+pub mod lock;
+pub mod observe;
+pub mod plan;
+pub mod ports;
+pub mod record;
+pub mod secret;
+pub mod watch;

@@ -8,7 +8,8 @@
 //! `tsc_early_khz=<host TSC kHz> tsc=reliable`. So castra measures the host
 //! TSC and passes its frequency. (Under KVM the guest has kvmclock; not needed.)
 //!
-//! This module measures and formats; it does not build QEMU command lines.
+//! This module measures and formats; the caller (reconcile's executor)
+//! appends the arguments to any direct kernel boot under TCG.
 
 use std::time::{Duration, Instant};
 

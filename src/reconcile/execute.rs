@@ -1,0 +1,516 @@
+//! Execute: carry out plan steps against real QEMUs. Independent VMs run in
+//! parallel (one thread each); every step is idempotent and re-checks what it
+//! needs (a stale pidfile, a leftover socket, a missing overlay) instead of
+//! trusting that the previous run finished.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::broker::control::{self, BrokerState};
+use crate::config::{AccelChoice, ImageSpec, Project};
+use crate::events::{Event, Reporter, now_ms};
+use crate::image;
+use crate::layout::{StateLayout, VmPaths};
+use crate::qemu::accel::{self, AccelDecision};
+use crate::qemu::process::{self, ProcessIdentity, ShutdownEvent, ShutdownOutcome, Stage};
+use crate::qemu::qmp::Qmp;
+use crate::qemu::{Accel, BootImage, argv, guest_clock, qemu_binary};
+
+use super::desired::DesiredVm;
+use super::observe::{Observed, ObservedVm};
+use super::plan::{Plan, Step};
+use super::record::{self, LaunchRecord};
+use super::secret;
+
+/// The fw_cfg name the guest reads its token from
+/// (`/sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw`).
+pub const TOKEN_FW_CFG: &str = "opt/castra/token";
+
+/// How long a freshly daemonized QEMU may take to answer `query-status` with `running`.
+pub const RUNNING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    pub vm: String,
+    pub action: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub elapsed: Duration,
+}
+
+/// Shared, per-run context.
+pub struct Executor<'a> {
+    pub project: &'a Project,
+    pub layout: StateLayout,
+    pub reporter: &'a Reporter,
+    /// `auto` is probed at most once per run per probe kernel.
+    accel_cache: Mutex<BTreeMap<(AccelChoice, Option<PathBuf>), AccelDecision>>,
+    /// Kernel arguments for TCG guests' clocks, measured once per run (see `guest_clock`).
+    tcg_clock_args: OnceLock<Option<String>>,
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(project: &'a Project, reporter: &'a Reporter) -> Self {
+        Executor {
+            project,
+            layout: StateLayout::new(&project.state_root),
+            reporter,
+            accel_cache: Mutex::new(BTreeMap::new()),
+            tcg_clock_args: OnceLock::new(),
+        }
+    }
+
+    /// Run every step, independent VMs in parallel. Results in plan order.
+    pub fn run(&self, plan: &Plan, desired: &[DesiredVm], observed: &Observed) -> Vec<StepResult> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = plan
+                .steps
+                .iter()
+                .map(|step| s.spawn(move || self.run_step(step, desired, observed)))
+                .collect();
+            handles
+                .into_iter()
+                .zip(&plan.steps)
+                .map(|(h, step)| {
+                    h.join().unwrap_or_else(|_| StepResult {
+                        vm: step.vm().to_owned(),
+                        action: step.action(),
+                        ok: false,
+                        detail: "internal error: step thread panicked".into(),
+                        elapsed: Duration::ZERO,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn run_step(&self, step: &Step, desired: &[DesiredVm], observed: &Observed) -> StepResult {
+        let t0 = Instant::now();
+        let vm = step.vm();
+        let seen = observed.get(vm);
+        let want = desired.iter().find(|d| d.spec.name == vm);
+        let result: Result<String, String> = match step {
+            Step::Stop { .. } => self.stop(vm, seen).map(|o| stage_detail(&o)),
+            Step::Start { .. } | Step::Restart { .. } => {
+                let stopped = match (step, seen) {
+                    (Step::Restart { .. }, Some(seen)) => self.stop(vm, Some(seen)).map(|_| ()),
+                    _ => Ok(()),
+                };
+                match (stopped, want) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), None) => Err("not in castra.toml".into()),
+                    (Ok(()), Some(want)) => self.start(want, seen).map(|pid| format!("pid {pid}")),
+                }
+            }
+        };
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(e) => (false, e),
+        };
+        StepResult {
+            vm: vm.to_owned(),
+            action: step.action(),
+            ok,
+            detail,
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    /// Start one VM and wait until QEMU reports it running. Returns its pid.
+    pub fn start(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<i32, String> {
+        let t0 = Instant::now();
+        let spec = &want.spec;
+        let vm = spec.name.as_str();
+        let paths = self.layout.vm(vm);
+        self.reporter.emit(Event::VmStarting { vm: vm.into() });
+        let res = self.start_inner(want, seen, &paths, t0);
+        if let Err(error) = &res {
+            self.reporter.emit(Event::VmStartFailed {
+                vm: vm.into(),
+                error: error.clone(),
+            });
+        }
+        res
+    }
+
+    fn start_inner(
+        &self,
+        want: &DesiredVm,
+        seen: Option<&ObservedVm>,
+        paths: &VmPaths,
+        t0: Instant,
+    ) -> Result<i32, String> {
+        let spec = &want.spec;
+        let vm = spec.name.as_str();
+        create_private_dir(&paths.dir)?;
+        check_socket_path(vm, &paths.qmp_socket())?;
+        let previous_image = seen.and_then(|s| s.record.as_ref()).map(|r| &r.spec.image);
+        let (boot, probe_kernel) = self.boot_image(vm, &spec.image, previous_image, paths)?;
+        let decision = self.accel(spec.accel, probe_kernel.as_deref());
+
+        // Leftovers of an earlier run: a dead QEMU's pidfile and socket, the last serial log.
+        remove_if_exists(&paths.pidfile());
+        remove_if_exists(&paths.qmp_socket());
+        remove_if_exists(&paths.launch_record());
+        rotate(&paths.serial_log());
+
+        let mut extra = vec![
+            format!("castra.vm={vm}"),
+            format!("castra.broker_port={}", self.project.broker.port),
+        ];
+        let clock_args = match decision.accel {
+            Accel::Tcg => self
+                .tcg_clock_args
+                .get_or_init(guest_clock::tcg_kernel_args_for_host)
+                .clone(),
+            Accel::Kvm => None,
+        };
+        extra.extend(
+            clock_args
+                .iter()
+                .flat_map(|a| a.split(' ').map(str::to_owned)),
+        );
+        // A fresh secret per launch, handed over by file (never on the command line).
+        secret::write_new_token(&paths.token())?;
+        let fw_cfg = vec![(TOKEN_FW_CFG.to_string(), paths.token())];
+        let args = argv::build(&argv::LaunchInputs {
+            spec,
+            boot: &boot,
+            accel: decision.accel,
+            paths,
+            fw_cfg: &fw_cfg,
+            extra_cmdline: &extra,
+        });
+        let identity = process::launch(&qemu_binary(), &args, paths).map_err(|e| e.to_string())?;
+        let rec = LaunchRecord {
+            spec: spec.clone(),
+            image_id: want.image_id.clone(),
+            fingerprint: want.fingerprint.clone(),
+            accel: decision.accel,
+            accel_reason: decision.reason.clone(),
+            process: identity,
+            qmp_socket: paths.qmp_socket(),
+            launched_at_ms: now_ms(),
+            castra_version: env!("CARGO_PKG_VERSION").into(),
+            argv: std::iter::once(qemu_binary().to_string_lossy().into_owned())
+                .chain(args.iter().cloned())
+                .collect(),
+        };
+        record::write(&paths.launch_record(), &rec).map_err(|e| e.to_string())?;
+        wait_running(vm, &paths.qmp_socket(), RUNNING_TIMEOUT, paths)?;
+        self.reporter.emit(Event::VmRunning {
+            vm: vm.into(),
+            pid: identity.pid,
+            accel: decision.accel.as_str().into(),
+            elapsed: t0.elapsed().as_millis() as u64,
+        });
+        Ok(identity.pid)
+    }
+
+    /// Resolve what QEMU boots; also the kernel to probe KVM with.
+    fn boot_image(
+        &self,
+        vm: &str,
+        image: &ImageSpec,
+        previous: Option<&ImageSpec>,
+        paths: &VmPaths,
+    ) -> Result<(BootImage, Option<PathBuf>), String> {
+        match image {
+            ImageSpec::Default => {
+                let img = image::locate().map_err(|e| e.to_string())?;
+                let probe = Some(img.kernel.clone());
+                Ok((
+                    BootImage::Kernel {
+                        kernel: img.kernel,
+                        initrd: Some(img.initrd),
+                        cmdline: img.cmdline,
+                    },
+                    probe,
+                ))
+            }
+            ImageSpec::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                must_exist(vm, "image.kernel", kernel)?;
+                if let Some(i) = initrd {
+                    must_exist(vm, "image.initrd", i)?;
+                }
+                Ok((
+                    BootImage::Kernel {
+                        kernel: kernel.clone(),
+                        initrd: initrd.clone(),
+                        cmdline: cmdline.clone().unwrap_or_else(|| "console=ttyS0".into()),
+                    },
+                    Some(kernel.clone()),
+                ))
+            }
+            ImageSpec::Disk { path } => {
+                must_exist(vm, "image.disk", path)?;
+                let overlay = paths.overlay();
+                if previous.is_some_and(|p| p != image) {
+                    // The base changed: the old overlay belongs to another disk.
+                    remove_if_exists(&overlay);
+                }
+                if !overlay.exists() {
+                    create_overlay(path, &overlay)?;
+                }
+                let probe = image::locate().ok().map(|i| i.kernel);
+                Ok((BootImage::Disk { overlay }, probe))
+            }
+        }
+    }
+
+    fn accel(&self, choice: AccelChoice, probe_kernel: Option<&Path>) -> AccelDecision {
+        let key = (choice, probe_kernel.map(Path::to_path_buf));
+        let mut cache = self.accel_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = cache.get(&key) {
+            return d.clone();
+        }
+        let d = accel::resolve(choice, probe_kernel);
+        if choice == AccelChoice::Auto {
+            self.reporter.emit(Event::AccelChosen {
+                accel: d.accel.as_str().into(),
+                reason: d.reason.clone(),
+            });
+        }
+        cache.insert(key, d.clone());
+        d
+    }
+
+    /// Start the project's broker (idempotent: a running one is left alone).
+    pub fn start_broker(&self) -> StepResult {
+        let t0 = Instant::now();
+        let result = match control::observe(&self.layout) {
+            BrokerState::Running { pid } => Ok(pid),
+            BrokerState::Offline { .. } => control::start(
+                &self.layout,
+                self.project.broker.port,
+                self.project.broker.allow_tokenless_handshake,
+            ),
+        };
+        let (ok, detail) = match result {
+            Ok(pid) => {
+                self.reporter.emit(Event::BrokerStarted {
+                    pid,
+                    port: self.project.broker.port,
+                });
+                (true, format!("pid {pid}"))
+            }
+            Err(error) => {
+                self.reporter.emit(Event::BrokerFailed {
+                    error: error.clone(),
+                });
+                (false, error)
+            }
+        };
+        StepResult {
+            vm: "broker".into(),
+            action: "start",
+            ok,
+            detail,
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    /// Stop the project's broker if it runs.
+    pub fn stop_broker(&self) -> StepResult {
+        let t0 = Instant::now();
+        let result = control::stop(&self.layout);
+        if let Ok(true) = result {
+            self.reporter.emit(Event::BrokerStopped);
+        }
+        let (ok, detail) = match result {
+            Ok(true) => (true, "stopped".to_string()),
+            Ok(false) => (true, "was not running".to_string()),
+            Err(e) => (false, e),
+        };
+        StepResult {
+            vm: "broker".into(),
+            action: "stop",
+            ok,
+            detail,
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    /// Stop one VM with the shutdown ladder and remove its runtime files.
+    pub fn stop(&self, vm: &str, seen: Option<&ObservedVm>) -> Result<ShutdownOutcome, String> {
+        let paths = self.layout.vm(vm);
+        let marker = paths.qmp_socket();
+        let identity = seen
+            .and_then(|s| s.record.as_ref())
+            .map(|r| r.process)
+            .or_else(|| orphan_identity(&paths));
+        let outcome = match identity {
+            None => ShutdownOutcome {
+                stopped_by: Stage::AlreadyStopped,
+                elapsed: Duration::ZERO,
+                exited: true,
+            },
+            Some(id) => {
+                let reporter = self.reporter;
+                let mut on_event = |ev: ShutdownEvent| {
+                    if let Some((stage, detail)) = shutdown_words(&ev) {
+                        reporter.emit(Event::ShutdownStage {
+                            vm: vm.into(),
+                            stage: stage.into(),
+                            detail,
+                        });
+                    }
+                };
+                process::shutdown(
+                    &id,
+                    &marker.to_string_lossy(),
+                    &marker,
+                    &self.project.lifecycle,
+                    &mut on_event,
+                )
+            }
+        };
+        if !outcome.exited {
+            let error = "qemu is still running after SIGKILL".to_string();
+            self.reporter.emit(Event::VmStopFailed {
+                vm: vm.into(),
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+        remove_if_exists(&paths.pidfile());
+        remove_if_exists(&paths.qmp_socket());
+        remove_if_exists(&paths.launch_record());
+        remove_if_exists(&paths.token());
+        self.reporter.emit(Event::VmStopped {
+            vm: vm.into(),
+            stopped_by: outcome.stopped_by,
+            elapsed: outcome.elapsed.as_millis() as u64,
+        });
+        Ok(outcome)
+    }
+}
+
+/// A QEMU of ours that runs without a launch record (pidfile + marker check).
+fn orphan_identity(paths: &VmPaths) -> Option<ProcessIdentity> {
+    let pid: i32 = std::fs::read_to_string(paths.pidfile())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    process::identity_of(pid)
+}
+
+fn shutdown_words(ev: &ShutdownEvent) -> Option<(&'static str, String)> {
+    match ev {
+        ShutdownEvent::PowerdownSent => {
+            Some(("powerdown", "sent ACPI power button over QMP".into()))
+        }
+        ShutdownEvent::QmpUnavailable { reason } => Some((
+            "powerdown",
+            format!("QMP unavailable ({reason}); skipping to SIGTERM"),
+        )),
+        ShutdownEvent::SigtermSent => Some((
+            "sigterm",
+            "guest did not power off in time; sent SIGTERM".into(),
+        )),
+        ShutdownEvent::SigkillSent => Some((
+            "sigkill",
+            "QEMU did not exit after SIGTERM; sent SIGKILL".into(),
+        )),
+        ShutdownEvent::Exited { .. } => None,
+    }
+}
+
+fn stage_detail(o: &ShutdownOutcome) -> String {
+    format!("stopped by {}", crate::events::stage_words(o.stopped_by))
+}
+
+/// Poll QMP until `query-status` says running.
+fn wait_running(vm: &str, socket: &Path, timeout: Duration, paths: &VmPaths) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match Qmp::connect(socket, Duration::from_millis(500)) {
+            Ok(mut q) => match q.query_status() {
+                Ok(s) if s.running => return Ok(()),
+                Ok(s) => last = format!("status {}", s.status),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "vm {vm:?}: qemu did not report running within {}s ({last}); see {}",
+        timeout.as_secs(),
+        paths.qemu_log().display()
+    ))
+}
+
+fn must_exist(vm: &str, key: &str, path: &Path) -> Result<(), String> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "vm {vm:?}: {key} {} does not exist; fix the path in castra.toml",
+            path.display()
+        ))
+    }
+}
+
+fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "qemu-img could not create overlay {} over {}: {}",
+            overlay.display(),
+            base.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn check_socket_path(vm: &str, socket: &Path) -> Result<(), String> {
+    let len = socket.as_os_str().len();
+    if len > crate::layout::MAX_SOCKET_PATH {
+        return Err(format!(
+            "vm {vm:?}: QMP socket path {} is {len} bytes, over the {} byte limit of Unix sockets; set a shorter [project] state_dir in castra.toml",
+            socket.display(),
+            crate::layout::MAX_SOCKET_PATH
+        ));
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+fn remove_if_exists(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Keep the previous boot's serial log as `<name>.1`.
+fn rotate(path: &Path) {
+    if path.exists() {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        let _ = std::fs::rename(path, PathBuf::from(old));
+    }
+}

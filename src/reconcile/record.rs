@@ -1,0 +1,96 @@
+//! The launch record: what a VM was started with (`vms/<vm>/launch.json`).
+//!
+//! It carries the spec and its fingerprint (so drift can be named field by
+//! field) and the process identity (so a reused pid is never mistaken for our
+//! QEMU). Written atomically after a successful launch, removed after a clean stop.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::VmSpec;
+use crate::qemu::Accel;
+use crate::qemu::process::ProcessIdentity;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchRecord {
+    pub spec: VmSpec,
+    /// Content id of the image booted (default image id, or empty).
+    pub image_id: String,
+    pub fingerprint: String,
+    pub accel: Accel,
+    pub accel_reason: String,
+    pub process: ProcessIdentity,
+    /// Absolute QMP socket path; also the marker that proves a pid is our QEMU.
+    pub qmp_socket: PathBuf,
+    pub launched_at_ms: u64,
+    pub castra_version: String,
+    /// The QEMU command line it was started with (secrets travel by file, never here).
+    #[serde(default)]
+    pub argv: Vec<String>,
+}
+
+/// Fingerprint of what a VM is launched with: the spec plus the image content.
+pub fn fingerprint(spec: &VmSpec, image_id: &str) -> String {
+    let mut h = Sha256::new();
+    // serde_json writes struct fields in declaration order: stable across runs.
+    h.update(serde_json::to_vec(spec).unwrap_or_default());
+    h.update([0u8]);
+    h.update(image_id.as_bytes());
+    hex::encode(&h.finalize()[..12])
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a valid launch record ({source}); `castra down` then `castra apply` rewrites it"
+    )]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `Ok(None)` when there is no record.
+pub fn read(path: &Path) -> Result<Option<LaunchRecord>, RecordError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| RecordError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RecordError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Write atomically: a crash leaves the old record or the new one, never half.
+pub fn write(path: &Path, record: &LaunchRecord) -> Result<(), RecordError> {
+    let err = |source| RecordError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    let body = serde_json::to_vec_pretty(record).unwrap_or_default();
+    f.write_all(&body).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}

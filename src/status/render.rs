@@ -1,0 +1,194 @@
+//! The human table of `castra status` and its legend. Pure: report in, text out.
+
+use super::StatusReport;
+use crate::config::ByteSize;
+
+/// Shown by `castra status --help`.
+pub const LEGEND: &str = "\
+Columns:
+  VM         instance name (`web-2` for the second replica of `web`)
+  STATE      running | stopped | broken (contradictory evidence, e.g. QEMU alive
+             without a launch record; `castra apply` replaces it). `*` after the
+             state: castra.toml changed since launch (`castra plan` names the fields).
+             `(not in castra.toml)`: still running but removed from the config.
+  BROKER     reachable: the guest proved it is up (handshake or heartbeat with its
+             per-launch token within the last 15 s); waiting: running but not (yet)
+             heard from; offline: the project's broker is not running; -: VM stopped
+  CPU/MEM    vCPUs and memory it runs with (or is declared with, when stopped)
+  UPTIME     time since launch
+  ACCEL      accelerator in use: kvm or tcg (software emulation)
+  FORWARDS   host address:port -> guest port/protocol
+
+JSON (`--json`), stable field names:
+  project, config, state_root
+  broker: {state, pid, port, reason}
+  vms[]: {name, state, reasons[], in_config, config_changed, pid, cpus, memory_bytes,
+          uptime_s, accel, accel_reason, forwards[], reachable, last_handshake_age_ms,
+          last_heartbeat_age_ms, sessions}
+  Absent values are null. Fields may be added; none is renamed without a version bump.
+
+Status never blocks: it reads launch records, the broker's state file and /proc
+only, so it answers at once even when a QEMU or the broker is frozen. Exit code 0 whenever the report could be made.";
+
+/// Render the table.
+pub fn table(report: &StatusReport) -> String {
+    let broker_up = report.broker.state == "running";
+    let mut rows: Vec<[String; 7]> = vec![[
+        "VM".into(),
+        "STATE".into(),
+        "BROKER".into(),
+        "CPU/MEM".into(),
+        "UPTIME".into(),
+        "ACCEL".into(),
+        "FORWARDS".into(),
+    ]];
+    for vm in &report.vms {
+        let mut state = vm.state.clone();
+        if vm.config_changed {
+            state.push('*');
+        }
+        if !vm.in_config {
+            state.push_str(" (not in castra.toml)");
+        }
+        let cpu_mem = match (vm.cpus, vm.memory_bytes) {
+            (Some(c), Some(m)) => format!("{c}/{}", ByteSize::from_bytes(m)),
+            _ => "-".into(),
+        };
+        let guest = match (vm.state.as_str(), broker_up, vm.reachable) {
+            ("running", _, true) => "reachable".to_string(),
+            ("running", false, false) => "offline".to_string(),
+            ("running", true, false) => "waiting".to_string(),
+            _ => "-".to_string(),
+        };
+        rows.push([
+            vm.name.clone(),
+            state,
+            guest,
+            cpu_mem,
+            vm.uptime_s.map(uptime).unwrap_or_else(|| "-".into()),
+            vm.accel.clone().unwrap_or_else(|| "-".into()),
+            if vm.forwards.is_empty() {
+                "-".into()
+            } else {
+                vm.forwards.join(",")
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "project {}  broker {} (port {})\n",
+        report.project,
+        match report.broker.pid {
+            Some(pid) => format!("{} pid {pid}", report.broker.state),
+            None => report.broker.state.clone(),
+        },
+        report.broker.port
+    );
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if report.vms.is_empty() {
+        out.push_str("(no VMs declared)\n");
+    }
+    out
+}
+
+/// `3d4h`, `2h05m`, `4m12s`, `9s`
+pub fn uptime(s: u64) -> String {
+    let (d, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{sec:02}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{BrokerStatus, VmStatus};
+
+    fn vm(name: &str, state: &str) -> VmStatus {
+        VmStatus {
+            name: name.into(),
+            state: state.into(),
+            reasons: vec![],
+            in_config: true,
+            config_changed: false,
+            pid: None,
+            cpus: Some(1),
+            memory_bytes: Some(256 << 20),
+            uptime_s: None,
+            accel: None,
+            accel_reason: None,
+            forwards: vec![],
+            reachable: false,
+            last_handshake_age_ms: None,
+            last_heartbeat_age_ms: None,
+            sessions: 0,
+        }
+    }
+
+    #[test]
+    fn table_shows_every_column_and_marks() {
+        let mut web = vm("web", "running");
+        web.pid = Some(42);
+        web.uptime_s = Some(125);
+        web.accel = Some("tcg".into());
+        web.forwards = vec!["127.0.0.1:8080->80/tcp".into()];
+        web.config_changed = true;
+        web.reachable = true;
+        let mut booting = vm("api", "running");
+        booting.pid = Some(43);
+        let mut old = vm("old", "running");
+        old.in_config = false;
+        old.cpus = Some(2);
+        old.memory_bytes = Some(1 << 30);
+        let report = StatusReport {
+            project: "demo".into(),
+            config: "/p/castra.toml".into(),
+            state_root: "/p/.castra".into(),
+            broker: BrokerStatus {
+                state: "running".into(),
+                pid: Some(77),
+                port: 7750,
+                reason: None,
+            },
+            vms: vec![web, booting, vm("db", "stopped"), old],
+        };
+        insta::assert_snapshot!(table(&report), @r#"
+            project demo  broker running pid 77 (port 7750)
+            VM   STATE                         BROKER     CPU/MEM  UPTIME  ACCEL  FORWARDS
+            web  running*                      reachable  1/256M   2m05s   tcg    127.0.0.1:8080->80/tcp
+            api  running                       waiting    1/256M   -       -      -
+            db   stopped                       -          1/256M   -       -      -
+            old  running (not in castra.toml)  waiting    2/1G     -       -      -
+            "#);
+    }
+
+    #[test]
+    fn uptime_units() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (61, "1m01s"),
+            (3725, "1h02m"),
+            (90000, "1d1h"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(uptime(s), want, "{s}");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The real `castra` binary in a temp directory: init, plan exit codes,
+//! config errors, status on a fresh project, help texts. No VM is started.
+
+mod common;
+
+use common::{Project, stderr, stdout, vm};
+
+#[test]
+fn init_writes_a_config_that_plans_two_starts() {
+    let p = Project::new("");
+    std::fs::remove_file(p.path().join("castra.toml")).unwrap();
+    let out = p.castra(&["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path().join("castra.toml").exists());
+    // A second init refuses to overwrite.
+    let out = p.castra(&["init"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+
+    let out = p.castra(&["plan"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("+ start web"), "{text}");
+    assert!(text.contains("+ start db"), "{text}");
+
+    let plan = p.json(&["plan", "--json"]);
+    assert_eq!(plan["changes"], true);
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 2);
+
+    // --dry-run shows the same plan and exits 0.
+    let out = p.castra(&["apply", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("+ start web"));
+}
+
+#[test]
+fn config_errors_name_file_line_and_fix() {
+    let p = Project::new("[[vms]]\nname = \"web\"\nmemroy = \"1G\"\n");
+    let out = p.castra(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("castra.toml:3"), "{err}");
+    assert!(err.contains("memory"), "did-you-mean missing: {err}");
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn missing_config_says_how_to_make_one() {
+    let p = Project::new("");
+    std::fs::remove_file(p.path().join("castra.toml")).unwrap();
+    let out = p.castra(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("castra init"), "{}", stderr(&out));
+}
+
+#[test]
+fn status_of_a_fresh_project_is_all_stopped() {
+    let p = Project::new(
+        "[project]\nname = \"fresh\"\n[[vms]]\nname = \"web\"\nforwards = [\"18080:80\"]\n",
+    );
+    let s = p.json(&["status", "--json"]);
+    assert_eq!(s["project"], "fresh");
+    assert_eq!(s["broker"]["state"], "offline");
+    let web = vm(&s, "web");
+    assert_eq!(web["state"], "stopped");
+    assert_eq!(web["pid"], serde_json::Value::Null);
+    assert_eq!(web["forwards"][0], "127.0.0.1:18080->80/tcp");
+    let table = stdout(&p.castra(&["status"]));
+    assert!(
+        table.contains("VM") && table.contains("FORWARDS"),
+        "{table}"
+    );
+    assert!(
+        table.contains("web") && table.contains("stopped"),
+        "{table}"
+    );
+}
+
+#[test]
+fn down_with_nothing_running_and_unknown_vms() {
+    let p = Project::new("[[vms]]\nname = \"web\"\n");
+    let out = p.castra(&["down"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("nothing to stop"), "{}", stdout(&out));
+    let out = p.castra(&["down", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("\"nope\""), "{}", stderr(&out));
+}
+
+#[test]
+fn a_taken_host_port_is_caught_at_plan_time() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let p = Project::new(&format!(
+        "[[vms]]\nname = \"web\"\nforwards = [\"{port}:80\"]\n"
+    ));
+    let out = p.castra(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("already in use"), "{err}");
+}
+
+#[test]
+fn bad_accel_env_is_an_error() {
+    let p = Project::new("[[vms]]\nname = \"web\"\n");
+    let out = std::process::Command::new(common::castra_bin())
+        .arg("status")
+        .current_dir(p.path())
+        .env("CASTRA_ACCEL", "warp")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("CASTRA_ACCEL"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_documents_exit_codes_and_the_status_legend() {
+    let p = Project::new("");
+    let help = stdout(&p.castra(&["--help"]));
+    assert!(help.contains("Exit codes"), "{help}");
+    let help = stdout(&p.castra(&["status", "--help"]));
+    assert!(
+        help.contains("FORWARDS") && help.contains("uptime_s"),
+        "{help}"
+    );
+}
+
+#[test]
+fn clean_dry_run_on_fresh_project() {
+    let p = Project::new("[[vms]]\nname = \"web\"\n");
+    let c = p.json(&["clean", "--dry-run", "--json"]);
+    assert_eq!(c["dry_run"], true);
+    assert_eq!(c["reclaimed_bytes"], 0);
+}

@@ -1,0 +1,107 @@
+//! Shared helpers for integration tests: run the real `castra` binary in a
+//! temp project, parse its JSON, and make sure every QEMU a test started dies
+//! with the test (whatever happens).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn castra_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_castra"))
+}
+
+/// A temp project directory; on drop, kills every process whose command line
+/// mentions it (the QEMUs it started).
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(toml: &str) -> Project {
+        // Short path: QMP sockets live under it and Unix socket paths are limited.
+        let dir = tempfile::Builder::new()
+            .prefix("c")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::write(dir.path().join("castra.toml"), toml).expect("write castra.toml");
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(self.path().join("castra.toml"), toml).expect("write castra.toml");
+    }
+
+    pub fn castra(&self, args: &[&str]) -> Output {
+        Command::new(castra_bin())
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("CASTRA_CONFIG")
+            .output()
+            .expect("run castra")
+    }
+
+    /// Run and parse stdout as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.castra(args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "castra {args:?} printed no JSON ({e}); status {:?}\nstdout:\n{}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Pids of processes whose command line mentions this project's directory.
+    pub fn qemu_pids(&self) -> Vec<i32> {
+        let needle = self.path().to_string_lossy().to_string();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        for pid in self.qemu_pids() {
+            // SIGCONT first: a test may have frozen it.
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Find a VM object in `status --json`.
+pub fn vm<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["vms"]
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("no vm {name} in {status}"))
+}

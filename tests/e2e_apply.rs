@@ -1,0 +1,215 @@
+//! End to end with real QEMU guests from the default image, under TCG:
+//! apply -> no-op -> drift -> kill -9 -> frozen QEMU -> down. One pair of
+//! guests, booted once and reused across every check (CI time matters).
+//!
+//! Needs the default image; the test builds it first (`castra image build`,
+//! a no-op when cached).
+
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use common::{Project, stderr, stdout, vm};
+
+fn config(a_mem: &str) -> String {
+    format!(
+        r#"
+[project]
+name = "e2e"
+
+[[vms]]
+name = "a"
+memory = "{a_mem}"
+
+[[vms]]
+name = "b"
+memory = "128M"
+"#
+    )
+}
+
+fn ensure_image() {
+    let out = Command::new(common::castra_bin())
+        .args(["image", "build"])
+        .output()
+        .expect("run castra image build");
+    assert!(
+        out.status.success(),
+        "castra image build failed:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// The `+ / ~ / -` lines of a printed plan.
+fn step_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("+ ") || l.starts_with("~ ") || l.starts_with("- "))
+        .collect()
+}
+
+fn pid_of(p: &Project, name: &str) -> i64 {
+    let s = p.json(&["status", "--json"]);
+    vm(&s, name)["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{name} has no pid: {s}"))
+}
+
+#[test]
+fn apply_noop_drift_crash_freeze_down() {
+    ensure_image();
+    let p = Project::new(&config("128M"));
+
+    // 1. Cold apply: both VMs running.
+    let out = p.castra(&["apply"]);
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("+ start a"), "{}", stdout(&out));
+    let s = p.json(&["status", "--json"]);
+    for name in ["a", "b"] {
+        assert_eq!(vm(&s, name)["state"], "running", "{s}");
+        assert!(vm(&s, name)["accel"].is_string(), "{s}");
+    }
+    let (a0, b0) = (pid_of(&p, "a"), pid_of(&p, "b"));
+
+    // 2. A second apply with nothing changed is a no-op and says so.
+    let out = p.castra(&["apply"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no-op"), "{}", stdout(&out));
+    assert_eq!(p.castra(&["plan"]).status.code(), Some(0));
+
+    // 3. Change a's memory: the plan lists exactly a with the changed field.
+    p.write_config(&config("192M"));
+    let out = p.castra(&["plan"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("~ restart a (memory 128M -> 192M)"), "{text}");
+    assert_eq!(
+        step_lines(&text),
+        ["~ restart a (memory 128M -> 192M)"],
+        "{text}"
+    );
+
+    // 4. Apply restarts only a.
+    let out = p.castra(&["apply"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let (a1, b1) = (pid_of(&p, "a"), pid_of(&p, "b"));
+    assert_ne!(a1, a0, "a was not restarted");
+    assert_eq!(b1, b0, "b was restarted but did not change");
+
+    // 5. kill -9 b's QEMU: status shows it stopped, not running.
+    Command::new("kill")
+        .args(["-9", &b1.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = p.json(&["status", "--json"]);
+    assert_eq!(vm(&s, "b")["state"], "stopped", "{s}");
+    assert_eq!(vm(&s, "a")["state"], "running", "{s}");
+
+    // 6. Apply restarts only b.
+    let out = p.castra(&["apply"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    let steps = step_lines(&text);
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert!(steps[0].starts_with("+ start b ("), "{steps:?}");
+    assert_eq!(pid_of(&p, "a"), a1);
+    let b2 = pid_of(&p, "b");
+    assert_ne!(b2, b1);
+
+    // 6b. `apply --watch` notices a VM that dies and brings it back by itself.
+    let mut watcher = Command::new(common::castra_bin())
+        .args(["apply", "--watch"])
+        .current_dir(p.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start apply --watch");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    Command::new("kill")
+        .args(["-9", &b2.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let b3 = loop {
+        let s = p.json(&["status", "--json"]);
+        let b = vm(&s, "b");
+        if b["state"] == "running" && b["pid"].as_i64() != Some(b2) {
+            break b["pid"].as_i64().unwrap();
+        }
+        assert!(t.elapsed().as_secs() < 30, "watch did not restart b: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert_eq!(pid_of(&p, "a"), a1, "watch restarted a, which was fine");
+    eprintln!(
+        "watch restarted b (pid {b3}) {:?} after kill -9",
+        t.elapsed()
+    );
+
+    // The guests' serial consoles are there for `castra logs`.
+    let out = p.castra(&["logs", "a", "-n", "200"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("castra-guest: ready"),
+        "{}",
+        stdout(&out)
+    );
+
+    // 7. A frozen QEMU does not slow status down.
+    Command::new("kill")
+        .args(["-STOP", &a1.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let s = p.json(&["status", "--json"]);
+    let took = t.elapsed();
+    Command::new("kill")
+        .args(["-CONT", &a1.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        took.as_millis() < 1000,
+        "status took {took:?} with a frozen QEMU"
+    );
+    assert_eq!(vm(&s, "a")["state"], "running", "{s}");
+    eprintln!("status with a frozen qemu: {took:?}");
+
+    // 8. Down: cooperative, nothing left behind.
+    let out = p.castra(&["down"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("a: stopped by ACPI powerdown (cooperative) in "),
+        "{text}"
+    );
+    assert!(
+        text.contains("b: stopped by ACPI powerdown (cooperative) in "),
+        "{text}"
+    );
+    assert!(
+        p.qemu_pids().is_empty(),
+        "qemu still running: {:?}",
+        p.qemu_pids()
+    );
+    for name in ["a", "b"] {
+        let dir = p.path().join(".castra/vms").join(name);
+        for f in ["qemu.pid", "qmp.sock", "launch.json"] {
+            assert!(!dir.join(f).exists(), "{name}/{f} left behind");
+        }
+    }
+    let s = p.json(&["status", "--json"]);
+    assert_eq!(vm(&s, "a")["state"], "stopped", "{s}");
+
+    // 9. Clean removes the stopped VMs' state and says how much.
+    let c = p.json(&["clean", "--json"]);
+    assert!(c["reclaimed_bytes"].as_u64().unwrap() > 0, "{c}");
+    assert!(!p.path().join(".castra/vms/a").exists());
+}
