@@ -1,5 +1,6 @@
 //! End to end with real QEMU guests from the default image, under TCG:
-//! apply -> no-op -> drift -> kill -9 -> frozen QEMU -> down. One pair of
+//! apply -> no-op -> drift -> kill -9 -> watch -> reachability through the
+//! broker (frozen, killed, healed) -> frozen QEMU -> down -> clean. One pair of
 //! guests, booted once and reused across every check (CI time matters).
 //!
 //! Needs the default image; the test builds it first (`castra image build`,
@@ -47,6 +48,23 @@ fn step_lines(text: &str) -> Vec<&str> {
     text.lines()
         .filter(|l| l.starts_with("+ ") || l.starts_with("~ ") || l.starts_with("- "))
         .collect()
+}
+
+/// Wait (bounded) until every named VM is reachable in `status --json`.
+fn wait_reachable(p: &Project, names: &[&str], secs: u64) {
+    let t = Instant::now();
+    loop {
+        let s = p.json(&["status", "--json"]);
+        if names.iter().all(|n| vm(&s, n)["reachable"] == true) {
+            return;
+        }
+        assert!(
+            t.elapsed().as_secs() < secs,
+            "not reachable within {secs}s: {s}\nbroker log:\n{}",
+            std::fs::read_to_string(p.path().join(".castra/broker/broker.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 fn pid_of(p: &Project, name: &str) -> i64 {
@@ -163,6 +181,67 @@ fn apply_noop_drift_crash_freeze_down() {
         stdout(&out)
     );
 
+    // 6c. Both guests prove they are up through the broker (agent handshake + heartbeats).
+    let t = Instant::now();
+    wait_reachable(&p, &["a", "b"], 60);
+    eprintln!("both reachable {:?} after the watch round", t.elapsed());
+    let s = p.json(&["status", "--json"]);
+    assert_eq!(s["broker"]["state"], "running", "{s}");
+    let broker_pid = s["broker"]["pid"].as_i64().expect("broker pid");
+    assert!(vm(&s, "a")["last_handshake_age_ms"].is_u64(), "{s}");
+
+    // A frozen broker does not slow status down either.
+    Command::new("kill")
+        .args(["-STOP", &broker_pid.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let s = p.json(&["status", "--json"]);
+    let took = t.elapsed();
+    Command::new("kill")
+        .args(["-CONT", &broker_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        took.as_millis() < 1000,
+        "status took {took:?} with a frozen broker"
+    );
+    assert_eq!(s["broker"]["state"], "running", "{s}");
+
+    // kill -9 the broker: status says offline at once, guests are no longer reachable.
+    Command::new("kill")
+        .args(["-9", &broker_pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let t = Instant::now();
+    let s = p.json(&["status", "--json"]);
+    assert!(t.elapsed().as_millis() < 1000);
+    assert_eq!(s["broker"]["state"], "offline", "{s}");
+    assert_eq!(vm(&s, "a")["reachable"], false, "{s}");
+    let table = stdout(&p.castra(&["status"]));
+    assert!(table.contains("offline"), "{table}");
+
+    // apply heals the broker only; the guests reconnect by themselves.
+    let out = p.castra(&["plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains("+ start broker ("),
+        "{}",
+        stdout(&out)
+    );
+    assert!(step_lines(&stdout(&out)).len() == 1, "{}", stdout(&out));
+    let out = p.castra(&["apply"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let t = Instant::now();
+    wait_reachable(&p, &["a", "b"], 30);
+    eprintln!(
+        "guests reconnected {:?} after the broker restart",
+        t.elapsed()
+    );
+    assert_eq!(pid_of(&p, "a"), a1, "a was restarted");
+    assert_eq!(pid_of(&p, "b"), b3, "b was restarted");
+
     // 7. A frozen QEMU does not slow status down.
     Command::new("kill")
         .args(["-STOP", &a1.to_string()])
@@ -182,7 +261,7 @@ fn apply_noop_drift_crash_freeze_down() {
     assert_eq!(vm(&s, "a")["state"], "running", "{s}");
     eprintln!("status with a frozen qemu: {took:?}");
 
-    // 8. Down: cooperative, nothing left behind.
+    // 8. Down: cooperative, nothing left behind (the broker goes too).
     let out = p.castra(&["down"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
@@ -207,6 +286,7 @@ fn apply_noop_drift_crash_freeze_down() {
     }
     let s = p.json(&["status", "--json"]);
     assert_eq!(vm(&s, "a")["state"], "stopped", "{s}");
+    assert_eq!(s["broker"]["state"], "offline", "{s}");
 
     // 9. Clean removes the stopped VMs' state and says how much.
     let c = p.json(&["clean", "--json"]);

@@ -52,6 +52,10 @@ pub struct BuildArgs {
     /// Use this static busybox binary or busybox-static .deb.
     #[arg(long, value_name = "PATH")]
     pub busybox: Option<PathBuf>,
+    /// The static guest agent to put in the image as /bin/castra-agent
+    /// (default: $CASTRA_AGENT, beside castra, or the cargo target directory).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
     /// Print the result as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -76,7 +80,11 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         force: args.force,
         kernel_deb: args.kernel_deb.clone(),
         busybox: args.busybox.clone(),
-        extra_files: Vec::new(),
+        extra_files: vec![(
+            image::agent::find(args.agent.as_deref()).map_err(anyhow::Error::msg)?,
+            image::agent::GUEST_PATH.to_string(),
+            0o755,
+        )],
     };
     let json = args.json;
     let mut progress = |line: &str| {

@@ -9,6 +9,7 @@
 //! `-kernel/-initrd/-append` (adding `castra.vm=` and `castra.broker_port=`,
 //! and under TCG `qemu::guest_clock::tcg_kernel_args_for_host()`: see there for why).
 
+pub mod agent;
 mod binary;
 mod build;
 pub mod cpio;
