@@ -1,12 +1,17 @@
-//! Benchmark (run on demand: `cargo bench --bench apply`): whole-process medians of
-//! - cold `castra apply` of 1 and of 3 VMs, until QEMU reports running,
-//!   against the baseline of starting the very same QEMU command lines by hand
-//!   (read back from each VM's launch record) and polling QMP the same way;
-//! - a no-op `castra apply` with 3 VMs running;
-//! - `castra status --json` with 3 VMs running.
+//! Benchmark (run on demand: `cargo bench --bench apply`): whole-process medians,
+//! castra against a hand-run baseline measured in the same run.
 //!
-//! Prints a table; the overhead column is castra minus the hand-run baseline.
+//! - cold `castra apply` of 1 and of 3 VMs until QEMU reports running, against
+//!   starting the very same QEMU command lines by hand (read back from each VM's
+//!   launch record) and polling QMP the same way;
+//! - `apply` start until every VM is `reachable` in `castra status`, against the
+//!   same hand-run QEMUs until each guest agent's first TCP connect + hello on a
+//!   plain listener at the broker port (raw boot-to-first-connect);
+//! - a no-op `apply` and `status --json` with 3 VMs running (baseline: process
+//!   start, `castra --version`), and `status --json` with the broker frozen.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 use castra::qemu::qmp::Qmp;
 
 const ROUNDS: usize = 5;
+const PORT: u16 = 7791;
 
 fn castra(dir: &Path, args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_castra"))
@@ -35,7 +41,7 @@ fn project(n: usize) -> tempfile::TempDir {
         .prefix("cb")
         .tempdir_in("/tmp")
         .unwrap();
-    let mut toml = String::from("[project]\nname = \"bench\"\n");
+    let mut toml = format!("[project]\nname = \"bench\"\n[broker]\nport = {PORT}\n");
     for i in 0..n {
         toml.push_str(&format!("[[vms]]\nname = \"vm{i}\"\nmemory = \"128M\"\n"));
     }
@@ -54,14 +60,56 @@ fn timed(f: impl FnOnce()) -> Duration {
     t.elapsed()
 }
 
-/// Start each argv by hand (QEMU daemonizes) and wait until QMP says running.
-fn by_hand(argvs: &[(Vec<String>, PathBuf)]) -> Duration {
+struct Launch {
+    argv: Vec<String>,
+    qmp: PathBuf,
+    token: PathBuf,
+}
+
+fn launches(dir: &Path, n: usize) -> Vec<Launch> {
+    (0..n)
+        .map(|i| {
+            let vm = dir.join(format!(".castra/vms/vm{i}"));
+            let rec: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(vm.join("launch.json")).unwrap()).unwrap();
+            Launch {
+                argv: rec["argv"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned())
+                    .collect(),
+                qmp: PathBuf::from(rec["qmp_socket"].as_str().unwrap()),
+                token: vm.join("token"),
+            }
+        })
+        .collect()
+}
+
+fn wait_running(sock: &Path) {
+    loop {
+        let running = Qmp::connect(sock, Duration::from_millis(500))
+            .and_then(|mut q| q.query_status())
+            .is_ok_and(|s| s.running);
+        if running {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Start the argvs by hand; returns (time to all running, time to every guest's first hello).
+fn by_hand(ls: &[Launch]) -> (Duration, Duration) {
+    let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("bench port free");
+    for l in ls {
+        std::fs::write(&l.token, "bench").unwrap();
+    }
     let t = Instant::now();
-    let children: Vec<_> = argvs
+    let children: Vec<_> = ls
         .iter()
-        .map(|(argv, _)| {
-            Command::new(&argv[0])
-                .args(&argv[1..])
+        .map(|l| {
+            Command::new(&l.argv[0])
+                .args(&l.argv[1..])
                 .spawn()
                 .expect("spawn qemu")
         })
@@ -69,48 +117,53 @@ fn by_hand(argvs: &[(Vec<String>, PathBuf)]) -> Duration {
     for mut c in children {
         assert!(c.wait().unwrap().success(), "hand-started qemu failed");
     }
-    for (_, sock) in argvs {
-        loop {
-            let running = Qmp::connect(sock, Duration::from_millis(500))
-                .and_then(|mut q| q.query_status())
-                .is_ok_and(|s| s.running);
-            if running {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    for l in ls {
+        wait_running(&l.qmp);
+    }
+    let running = t.elapsed();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < ls.len() {
+        let (mut conn, _) = listener.accept().unwrap();
+        let _ = conn.write_all(b"castra-broker 1 ready\n");
+        let mut hello = String::new();
+        let _ = BufReader::new(&conn).read_line(&mut hello);
+        if let Some(vm) = hello.split_whitespace().nth(1) {
+            seen.insert(vm.to_owned());
         }
     }
-    t.elapsed()
-}
-
-fn launch_argvs(dir: &Path, n: usize) -> Vec<(Vec<String>, PathBuf)> {
-    (0..n)
-        .map(|i| {
-            let rec: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(dir.join(format!(".castra/vms/vm{i}/launch.json"))).unwrap(),
-            )
-            .unwrap();
-            let argv = rec["argv"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_owned())
-                .collect();
-            (argv, PathBuf::from(rec["qmp_socket"].as_str().unwrap()))
-        })
-        .collect()
+    (running, t.elapsed())
 }
 
 fn kill_by_pidfiles(dir: &Path, n: usize) {
     for i in 0..n {
-        let pidfile = dir.join(format!(".castra/vms/vm{i}/qemu.pid"));
-        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let vm = dir.join(format!(".castra/vms/vm{i}"));
+        if let Ok(pid) = std::fs::read_to_string(vm.join("qemu.pid")) {
             let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         }
-        let _ = std::fs::remove_file(&pidfile);
-        let _ = std::fs::remove_file(dir.join(format!(".castra/vms/vm{i}/qmp.sock")));
+        for f in ["qemu.pid", "qmp.sock", "token"] {
+            let _ = std::fs::remove_file(vm.join(f));
+        }
     }
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn all_reachable(dir: &Path) -> bool {
+    let out = castra(dir, &["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    s["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["reachable"] == true)
+}
+
+fn row(case: &str, castra: Duration, base: Duration) {
+    println!(
+        "{case:<40} {:>8}ms {:>8}ms {:>+8}ms",
+        castra.as_millis(),
+        base.as_millis(),
+        castra.as_millis() as i64 - base.as_millis() as i64
+    );
 }
 
 fn main() {
@@ -119,44 +172,41 @@ fn main() {
         .output()
         .unwrap();
     assert!(out.status.success(), "castra image build failed");
-    println!("castra apply benchmark: {ROUNDS} rounds each, medians, whole process");
+    println!("castra apply benchmark: {ROUNDS} rounds each, medians, whole process, TCG");
     println!(
-        "{:<34} {:>10} {:>10} {:>10}",
-        "case", "castra", "by hand", "overhead"
+        "{:<40} {:>10} {:>10} {:>10}",
+        "case", "castra", "baseline", "overhead"
     );
     for n in [1usize, 3] {
         let dir = project(n);
-        let mut castra_t = Vec::new();
-        let mut hand_t = Vec::new();
+        let (mut c_run, mut c_reach, mut h_run, mut h_conn) = (vec![], vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
-            castra_t.push(timed(|| {
-                castra(dir.path(), &["apply"]);
-            }));
-            let argvs = launch_argvs(dir.path(), n);
+            let t = Instant::now();
+            castra(dir.path(), &["apply"]);
+            c_run.push(t.elapsed());
+            while !all_reachable(dir.path()) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            c_reach.push(t.elapsed());
+            let ls = launches(dir.path(), n);
             castra(dir.path(), &["down"]);
-            hand_t.push(by_hand(&argvs));
+            let (run, conn) = by_hand(&ls);
+            h_run.push(run);
+            h_conn.push(conn);
             kill_by_pidfiles(dir.path(), n);
         }
-        let (c, h) = (median(castra_t), median(hand_t));
-        println!(
-            "{:<34} {:>8}ms {:>8}ms {:>8}ms",
-            format!("cold apply, {n} VM(s), to running"),
-            c.as_millis(),
-            h.as_millis(),
-            c.as_millis() as i64 - h.as_millis() as i64
+        row(
+            &format!("cold apply, {n} VM(s), to QEMU running"),
+            median(c_run),
+            median(h_run),
+        );
+        row(
+            &format!("apply to all reachable, {n} VM(s)"),
+            median(c_reach),
+            median(h_conn),
         );
         if n == 3 {
             castra(dir.path(), &["apply"]);
-            let noop = median(
-                (0..ROUNDS)
-                    .map(|_| {
-                        timed(|| {
-                            castra(dir.path(), &["apply"]);
-                        })
-                    })
-                    .collect(),
-            );
-            // Baseline for no-op: the process start alone (`castra --version`).
             let bare = median(
                 (0..ROUNDS)
                     .map(|_| {
@@ -166,13 +216,16 @@ fn main() {
                     })
                     .collect(),
             );
-            println!(
-                "{:<34} {:>8}ms {:>8}ms {:>8}ms",
-                "no-op apply, 3 VMs",
-                noop.as_millis(),
-                bare.as_millis(),
-                noop.as_millis() as i64 - bare.as_millis() as i64
+            let noop = median(
+                (0..ROUNDS)
+                    .map(|_| {
+                        timed(|| {
+                            castra(dir.path(), &["apply"]);
+                        })
+                    })
+                    .collect(),
             );
+            row("no-op apply, 3 VMs", noop, bare);
             let status = median(
                 (0..20)
                     .map(|_| {
@@ -182,17 +235,32 @@ fn main() {
                     })
                     .collect(),
             );
-            println!(
-                "{:<34} {:>8}ms {:>8}ms {:>8}ms",
-                "status --json, 3 VMs",
-                status.as_millis(),
-                bare.as_millis(),
-                status.as_millis() as i64 - bare.as_millis() as i64
+            row("status --json, 3 VMs", status, bare);
+            let s: serde_json::Value =
+                serde_json::from_slice(&castra(dir.path(), &["status", "--json"]).stdout).unwrap();
+            let broker = s["broker"]["pid"].as_i64().unwrap().to_string();
+            Command::new("kill")
+                .args(["-STOP", &broker])
+                .status()
+                .unwrap();
+            let frozen = median(
+                (0..20)
+                    .map(|_| {
+                        timed(|| {
+                            castra(dir.path(), &["status", "--json"]);
+                        })
+                    })
+                    .collect(),
             );
+            Command::new("kill")
+                .args(["-CONT", &broker])
+                .status()
+                .unwrap();
+            row("status --json, 3 VMs, broker frozen", frozen, bare);
         }
         castra(dir.path(), &["down"]);
     }
-    println!(
-        "(by hand = same QEMU argv from launch.json, QMP polled until running; for no-op/status the baseline is `castra --version`)"
-    );
+    println!("baselines: the same QEMU argv from launch.json started by hand (QMP polled until");
+    println!("running; a plain listener on the broker port for the guests' first hello);");
+    println!("for no-op/status, process start alone (`castra --version`).");
 }

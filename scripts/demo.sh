@@ -1,20 +1,12 @@
 #!/usr/bin/env bash
 # castra's main job on the built-in default: a 2-VM demo project.
-# Sets up the host, builds castra and the default guest image, then
-# init -> apply -> status -> plan (no-op) -> down, in a temp directory.
+# Sets up the host, builds castra, the guest agent and the default guest image,
+# then init -> plan -> apply -> status -> apply (no-op) -> logs -> down, in a
+# temp directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh
-export PATH="$HOME/.cargo/bin:$PATH"
-# The guest agent runs inside the guest, which has no C library: build it static.
-rustup target add x86_64-unknown-linux-gnu >/dev/null 2>&1 || true
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet \
-  --target x86_64-unknown-linux-gnu --bin castra-agent
-
-cargo build --release --quiet
-CASTRA="$PWD/target/release/castra"
-
-"$CASTRA" image build
+CASTRA=$(./scripts/build.sh --release)
 
 demo=$(mktemp -d /tmp/castra-demo.XXXXXX)
 trap '"$CASTRA" -c "$demo/castra.toml" down >/dev/null 2>&1 || true' EXIT
@@ -23,6 +15,11 @@ run() { echo; echo "\$ castra $*"; "$CASTRA" "$@"; }
 run init
 run plan || true           # exit 2: changes pending
 run apply
+echo; echo "(waiting for both guests to report in through the broker)"
+for _ in $(seq 1 60); do
+  "$CASTRA" status --json | grep -c '"reachable": true' | grep -qx 2 && break
+  sleep 0.5
+done
 run status
 run apply                  # nothing changed: a no-op
 run logs -n 3

@@ -10,6 +10,7 @@ pub mod clean;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod fsutil;
 pub mod image;
 pub mod layout;
 pub mod logs;

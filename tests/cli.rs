@@ -17,6 +17,13 @@ fn init_writes_a_config_that_plans_two_starts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 
+    // A private broker port, so a real castra project on this host cannot interfere.
+    let path = p.path().join("castra.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# port = 7750"), "{text}");
+    let port = format!("port = {}", common::free_port());
+    std::fs::write(&path, text.replacen("# port = 7750", &port, 1)).unwrap();
+
     let out = p.castra(&["plan"]);
     assert_eq!(
         out.status.code(),

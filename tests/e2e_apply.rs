@@ -13,11 +13,14 @@ use std::time::Instant;
 
 use common::{Project, stderr, stdout, vm};
 
-fn config(a_mem: &str) -> String {
+fn config(port: u16, a_mem: &str) -> String {
     format!(
         r#"
 [project]
 name = "e2e"
+
+[broker]
+port = {port}
 
 [[vms]]
 name = "a"
@@ -50,6 +53,27 @@ fn step_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `status --json` while `pid` is frozen with SIGSTOP: it must answer in well under a second.
+fn status_with_frozen(p: &Project, pid: i64, what: &str) -> serde_json::Value {
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let s = p.json(&["status", "--json"]);
+    let took = t.elapsed();
+    signal("-CONT");
+    assert!(
+        took.as_millis() < 1000,
+        "status took {took:?} with a frozen {what}"
+    );
+    eprintln!("status with a frozen {what}: {took:?}");
+    s
+}
+
 /// Wait (bounded) until every named VM is reachable in `status --json`.
 fn wait_reachable(p: &Project, names: &[&str], secs: u64) {
     let t = Instant::now();
@@ -77,7 +101,8 @@ fn pid_of(p: &Project, name: &str) -> i64 {
 #[test]
 fn apply_noop_drift_crash_freeze_down() {
     ensure_image();
-    let p = Project::new(&config("128M"));
+    let port = common::free_port();
+    let p = Project::new(&config(port, "128M"));
 
     // 1. Cold apply: both VMs running.
     let out = p.castra(&["apply"]);
@@ -102,7 +127,7 @@ fn apply_noop_drift_crash_freeze_down() {
     assert_eq!(p.castra(&["plan"]).status.code(), Some(0));
 
     // 3. Change a's memory: the plan lists exactly a with the changed field.
-    p.write_config(&config("192M"));
+    p.write_config(&config(port, "192M"));
     let out = p.castra(&["plan"]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     let text = stdout(&out);
@@ -172,15 +197,6 @@ fn apply_noop_drift_crash_freeze_down() {
         t.elapsed()
     );
 
-    // The guests' serial consoles are there for `castra logs`.
-    let out = p.castra(&["logs", "a", "-n", "200"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("castra-guest: ready"),
-        "{}",
-        stdout(&out)
-    );
-
     // 6c. Both guests prove they are up through the broker (agent handshake + heartbeats).
     let t = Instant::now();
     wait_reachable(&p, &["a", "b"], 60);
@@ -190,22 +206,18 @@ fn apply_noop_drift_crash_freeze_down() {
     let broker_pid = s["broker"]["pid"].as_i64().expect("broker pid");
     assert!(vm(&s, "a")["last_handshake_age_ms"].is_u64(), "{s}");
 
-    // A frozen broker does not slow status down either.
-    Command::new("kill")
-        .args(["-STOP", &broker_pid.to_string()])
-        .status()
-        .unwrap();
-    let t = Instant::now();
-    let s = p.json(&["status", "--json"]);
-    let took = t.elapsed();
-    Command::new("kill")
-        .args(["-CONT", &broker_pid.to_string()])
-        .status()
-        .unwrap();
+    // The guests' serial consoles are there for `castra logs`.
+    let out = p.castra(&["logs", "a", "-n", "200"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        took.as_millis() < 1000,
-        "status took {took:?} with a frozen broker"
+        stdout(&out).contains("castra-guest: ready"),
+        "{}",
+        stdout(&out)
     );
+    assert!(stdout(&out).contains("castra-agent: "), "{}", stdout(&out));
+
+    // A frozen broker does not slow status down either.
+    let s = status_with_frozen(&p, broker_pid, "broker");
     assert_eq!(s["broker"]["state"], "running", "{s}");
 
     // kill -9 the broker: status says offline at once, guests are no longer reachable.
@@ -243,23 +255,8 @@ fn apply_noop_drift_crash_freeze_down() {
     assert_eq!(pid_of(&p, "b"), b3, "b was restarted");
 
     // 7. A frozen QEMU does not slow status down.
-    Command::new("kill")
-        .args(["-STOP", &a1.to_string()])
-        .status()
-        .unwrap();
-    let t = Instant::now();
-    let s = p.json(&["status", "--json"]);
-    let took = t.elapsed();
-    Command::new("kill")
-        .args(["-CONT", &a1.to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        took.as_millis() < 1000,
-        "status took {took:?} with a frozen QEMU"
-    );
+    let s = status_with_frozen(&p, a1, "QEMU");
     assert_eq!(vm(&s, "a")["state"], "running", "{s}");
-    eprintln!("status with a frozen qemu: {took:?}");
 
     // 8. Down: cooperative, nothing left behind (the broker goes too).
     let out = p.castra(&["down"]);

@@ -7,13 +7,14 @@
 //! guards against pid reuse and against another project's broker.
 
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::fsutil::create_private_dir;
 use crate::layout::StateLayout;
 use crate::qemu::process::{Liveness, identity_of, log_tail, probe};
 
@@ -174,13 +175,4 @@ fn castra_exe() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(p));
     }
     std::env::current_exe().map_err(|e| format!("cannot locate the castra binary: {e}"))
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }

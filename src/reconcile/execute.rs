@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::broker::control::{self, BrokerState};
 use crate::config::{AccelChoice, ImageSpec, Project};
 use crate::events::{Event, Reporter, now_ms};
+use crate::fsutil::{create_private_dir, remove_if_exists};
 use crate::image;
 use crate::layout::{StateLayout, VmPaths};
 use crate::qemu::accel::{self, AccelDecision};
@@ -491,19 +492,6 @@ fn check_socket_path(vm: &str, socket: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
-}
-
-fn remove_if_exists(path: &Path) {
-    let _ = std::fs::remove_file(path);
 }
 
 /// Keep the previous boot's serial log as `<name>.1`.

@@ -58,8 +58,14 @@ impl Project {
         })
     }
 
-    /// Pids of processes whose command line mentions this project's directory.
+    /// Pids of QEMUs whose command line mentions this project's directory.
     pub fn qemu_pids(&self) -> Vec<i32> {
+        self.pids_mentioning(|cmd| cmd.starts_with("qemu-system"))
+    }
+
+    /// Pids of every process (QEMUs, the broker) whose command line mentions
+    /// this project's directory and passes `filter`.
+    fn pids_mentioning(&self, filter: impl Fn(&str) -> bool) -> Vec<i32> {
         let needle = self.path().to_string_lossy().to_string();
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -70,7 +76,7 @@ impl Project {
                 continue;
             };
             let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+            if filter(&cmd) && cmd.contains(&needle) {
                 pids.push(pid);
             }
         }
@@ -78,9 +84,18 @@ impl Project {
     }
 }
 
+/// A TCP port that was free a moment ago (for `[broker] port` in test projects,
+/// so tests never collide with each other or with a real project on 7750).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 impl Drop for Project {
     fn drop(&mut self) {
-        for pid in self.qemu_pids() {
+        for pid in self.pids_mentioning(|_| true) {
             // SIGCONT first: a test may have frozen it.
             let _ = Command::new("kill")
                 .args(["-CONT", &pid.to_string()])
