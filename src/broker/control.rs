@@ -78,7 +78,8 @@ pub fn observe(layout: &StateLayout) -> BrokerState {
 }
 
 /// Start `castra broker` detached (own process group, output to broker.log)
-/// and wait until its host socket exists. Errors carry the log's last lines.
+/// and wait until its host socket exists and its pidfile names it. Errors
+/// carry the log's last lines.
 pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i32, String> {
     let dir = layout.broker_dir();
     create_private_dir(&dir)?;
@@ -120,7 +121,9 @@ pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i
                 log_tail(&log_path, 5)
             ));
         }
-        if layout.broker_socket().exists() {
+        // Ready when its socket is bound and its pidfile names it (status and
+        // down find it by that pidfile).
+        if layout.broker_socket().exists() && observe(layout) == (BrokerState::Running { pid }) {
             break;
         }
         if Instant::now() > deadline {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::broker::control::BrokerState;
 use crate::config::Project;
 use crate::events::{Event, Reporter};
 use crate::layout::StateLayout;
@@ -149,15 +150,15 @@ pub fn down(
         unchanged: Vec::new(),
     };
     let exec = Executor::new(project, reporter);
-    let results = exec.run(&plan, &[], &observed);
+    let mut results = exec.run(&plan, &[], &observed);
     // The broker goes when no VM of the project runs any more.
     let after = observe_project(project, Depth::Quick);
     let any_running = after
         .vms
         .values()
         .any(|o| !matches!(o.state, VmState::Stopped { .. }));
-    if !any_running {
-        exec.stop_broker();
+    if !any_running && matches!(after.broker, BrokerState::Running { .. }) {
+        results.push(exec.stop_broker());
     }
     Ok(results)
 }
