@@ -123,7 +123,10 @@ fn heartbeat_loop(stream: &mut TcpStream, interval: Duration, first: &[u8]) -> i
                 }) => last_ack = Instant::now(),
                 Ok(BrokerFrame::Bye { reason }) => return Ok(reason),
                 // Other acks, errors (a bye follows) and newer frame types: skip.
-                Ok(BrokerFrame::Ack { .. }) | Ok(BrokerFrame::Error { .. }) | Err(_) => {}
+                Ok(BrokerFrame::Ack { .. })
+                | Ok(BrokerFrame::Message { .. })
+                | Ok(BrokerFrame::Error { .. })
+                | Err(_) => {}
             }
         }
         pending.clear();
