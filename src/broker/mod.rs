@@ -8,6 +8,7 @@ pub mod control;
 pub mod events;
 pub mod frame;
 pub mod hello;
+pub mod host_client;
 pub mod hub;
 pub mod line;
 pub mod reason;
