@@ -10,6 +10,9 @@
 //!     broker.log                   readable log (the broker's stdout/stderr)
 //!     events.jsonl                 handshake and session events, one JSON object a line
 //!     state.json                   broker state snapshot (atomic rename), read by status
+//!   logs/bus/                      the durable bus log (mode 0700)
+//!     all.log                      every publish, one JSON object a line, in seq order
+//!     <vm>.log                     that VM's publishes (`host.log`: `castra bus publish`)
 //!   vms/<vm>/
 //!     launch.json                  LaunchRecord: spec + fingerprint + pid identity
 //!     qemu.pid                     pid written by QEMU (-pidfile)
@@ -44,6 +47,11 @@ pub const BROKER_SOCKET: &str = "broker.sock";
 pub const BROKER_LOG: &str = "broker.log";
 pub const BROKER_EVENTS: &str = "events.jsonl";
 pub const BROKER_STATE: &str = "state.json";
+pub const LOGS_DIR: &str = "logs";
+pub const BUS_LOG_DIR: &str = "bus";
+pub const BUS_ALL_LOG: &str = "all.log";
+/// Per-publisher bus logs are `<vm>.log`; host publishes go to `host.log`.
+pub const BUS_LOG_SUFFIX: &str = ".log";
 
 /// Paths of one project's state root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +92,17 @@ impl StateLayout {
     }
     pub fn broker_state(&self) -> PathBuf {
         self.broker_dir().join(BROKER_STATE)
+    }
+    /// `<state_root>/logs/bus`.
+    pub fn bus_log_dir(&self) -> PathBuf {
+        self.root.join(LOGS_DIR).join(BUS_LOG_DIR)
+    }
+    pub fn bus_all_log(&self) -> PathBuf {
+        self.bus_log_dir().join(BUS_ALL_LOG)
+    }
+    /// One publisher's bus log (`vm` = `host` for host publishes).
+    pub fn bus_vm_log(&self, vm: &str) -> PathBuf {
+        self.bus_log_dir().join(format!("{vm}{BUS_LOG_SUFFIX}"))
     }
     pub fn vm(&self, name: &str) -> VmPaths {
         VmPaths {

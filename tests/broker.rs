@@ -225,7 +225,7 @@ fn handshakes_denials_state_events_and_shutdown() {
     let port = free_port();
     let mut broker = Broker::start(root.path(), port, &[]);
 
-    // Bus session: heartbeat acked, issue-4 frames answered as unsupported.
+    // Bus session: heartbeat acked, a publish acked durably with its seq.
     let (mut g, id) = Guest::session(port, "web", "s3cret");
     assert_eq!(id.len(), 16);
     g.send(&json!({"type": "heartbeat"}));
@@ -236,7 +236,7 @@ fn handshakes_denials_state_events_and_shutdown() {
     g.send(&json!({"type": "publish", "topic": "t", "payload": {"n": 1}, "id": "p1"}));
     assert_eq!(
         g.frame(),
-        json!({"type": "ack", "ack": "publish", "status": "error", "id": "p1", "reason": "unsupported"})
+        json!({"type": "ack", "ack": "publish", "status": "ok", "seq": 1, "id": "p1"})
     );
 
     // Handshake-only, denials.

@@ -35,40 +35,9 @@ pub enum Ended {
 /// Connect and run one session; `on_open` is called with the session id
 /// once the broker grants it. Returns when the connection is over.
 pub fn run_once(target: &Target, on_open: &mut dyn FnMut(&str)) -> Ended {
-    let mut stream = match TcpStream::connect_timeout(&target.addr, target.connect_timeout) {
-        Ok(s) => s,
-        Err(e) => return Ended::Unreachable(format!("connect {}: {e}", target.addr)),
-    };
-    let _ = stream.set_nodelay(true);
-    let step_timeout = target.connect_timeout.max(Duration::from_secs(1));
-    if let Err(e) = stream.set_read_timeout(Some(step_timeout)) {
-        return Ended::Unreachable(e.to_string());
-    }
-    let greeting = match read_line(&mut stream) {
-        Ok((line, _)) => line,
-        Err(e) => return Ended::Unreachable(format!("no greeting: {e}")),
-    };
-    if !greeting.starts_with(GREETING_PREFIX.as_bytes()) {
-        return Ended::Unreachable("not a castra broker (unexpected greeting)".into());
-    }
-    let hello = format!("{}\n", target.hello.to_line());
-    if let Err(e) = stream.write_all(hello.as_bytes()) {
-        return Ended::Unreachable(format!("sending hello: {e}"));
-    }
-    let (reply, rest) = match read_line(&mut stream) {
-        Ok(r) => r,
-        Err(e) => return Ended::Unreachable(format!("no reply to hello: {e}")),
-    };
-    let session = match Reply::parse(&String::from_utf8_lossy(&reply)) {
-        Some(Reply::Session(id)) => id,
-        Some(Reply::Error(reason)) => return Ended::Refused(reason),
-        Some(Reply::Ok) => {
-            return Ended::Lost {
-                session: String::new(),
-                why: "broker granted a handshake only (no bus-v1?)".into(),
-            };
-        }
-        None => return Ended::Unreachable("unintelligible reply to hello".into()),
+    let (mut stream, session, rest) = match handshake(target) {
+        Ok(open) => open,
+        Err(ended) => return ended,
     };
     on_open(&session);
     let why = match heartbeat_loop(&mut stream, target.heartbeat_interval, &rest) {
@@ -76,6 +45,46 @@ pub fn run_once(target: &Target, on_open: &mut dyn FnMut(&str)) -> Ended {
         Err(e) => e.to_string(),
     };
     Ended::Lost { session, why }
+}
+
+/// Connect, read the greeting, send the hello: the open stream, the session
+/// id, and the bytes that followed the reply (the first frames, if any).
+pub fn handshake(target: &Target) -> Result<(TcpStream, String, Vec<u8>), Ended> {
+    let mut stream = match TcpStream::connect_timeout(&target.addr, target.connect_timeout) {
+        Ok(s) => s,
+        Err(e) => return Err(Ended::Unreachable(format!("connect {}: {e}", target.addr))),
+    };
+    let _ = stream.set_nodelay(true);
+    let step_timeout = target.connect_timeout.max(Duration::from_secs(1));
+    if let Err(e) = stream.set_read_timeout(Some(step_timeout)) {
+        return Err(Ended::Unreachable(e.to_string()));
+    }
+    let greeting = match read_line(&mut stream) {
+        Ok((line, _)) => line,
+        Err(e) => return Err(Ended::Unreachable(format!("no greeting: {e}"))),
+    };
+    if !greeting.starts_with(GREETING_PREFIX.as_bytes()) {
+        return Err(Ended::Unreachable(
+            "not a castra broker (unexpected greeting)".into(),
+        ));
+    }
+    let hello = format!("{}\n", target.hello.to_line());
+    if let Err(e) = stream.write_all(hello.as_bytes()) {
+        return Err(Ended::Unreachable(format!("sending hello: {e}")));
+    }
+    let (reply, rest) = match read_line(&mut stream) {
+        Ok(r) => r,
+        Err(e) => return Err(Ended::Unreachable(format!("no reply to hello: {e}"))),
+    };
+    match Reply::parse(&String::from_utf8_lossy(&reply)) {
+        Some(Reply::Session(id)) => Ok((stream, id, rest)),
+        Some(Reply::Error(reason)) => Err(Ended::Refused(reason)),
+        Some(Reply::Ok) => Err(Ended::Lost {
+            session: String::new(),
+            why: "broker granted a handshake only (no bus-v1?)".into(),
+        }),
+        None => Err(Ended::Unreachable("unintelligible reply to hello".into())),
+    }
 }
 
 /// Read one line (bounded); returns it and the bytes after it.
@@ -123,7 +132,10 @@ fn heartbeat_loop(stream: &mut TcpStream, interval: Duration, first: &[u8]) -> i
                 }) => last_ack = Instant::now(),
                 Ok(BrokerFrame::Bye { reason }) => return Ok(reason),
                 // Other acks, errors (a bye follows) and newer frame types: skip.
-                Ok(BrokerFrame::Ack { .. }) | Ok(BrokerFrame::Error { .. }) | Err(_) => {}
+                Ok(BrokerFrame::Ack { .. })
+                | Ok(BrokerFrame::Message { .. })
+                | Ok(BrokerFrame::Error { .. })
+                | Err(_) => {}
             }
         }
         pending.clear();

@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod boot;
+pub mod bus;
 pub mod client;
 
 use std::collections::hash_map::RandomState;
@@ -27,6 +28,12 @@ pub const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2));
 const USAGE: &str = "\
 usage: castra-agent [--vm NAME] [--host ADDR] [--port PORT] [--token-file PATH]
                     [--cmdline PATH] [--heartbeat-ms MS]
+       castra-agent publish [--topic T] [--text] PAYLOAD|-   [connection flags]
+       castra-agent subscribe --topic T [--topic T ...]      [connection flags]
+
+publish prints the seq once the broker has made the message durable (exit 0),
+else exits 1; PAYLOAD is JSON (or text with --text; - reads stdin).
+subscribe prints each message as one JSON line until the session ends (exit 1).
 
 Holds a bus session with the castra broker and reconnects forever.
 Defaults: vm and port from castra.vm= / castra.broker_port= on /proc/cmdline,
@@ -141,6 +148,94 @@ fn random() -> u64 {
     h.finish()
 }
 
+/// The connection target for `config` (token read now).
+fn target(config: &AgentConfig) -> Target {
+    Target {
+        addr: SocketAddr::new(config.host, config.port),
+        hello: Hello {
+            vm: config.vm.clone(),
+            capabilities: vec![CAP_BUS_V1.to_owned()],
+            token: boot::read_token(&config.token_file),
+        },
+        heartbeat_interval: config.heartbeat_interval,
+        connect_timeout: Duration::from_secs(3),
+    }
+}
+
+/// A `publish` or `subscribe` command line, split from the connection flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusCommand {
+    pub subscribe: bool,
+    pub topics: Vec<String>,
+    pub text: bool,
+    pub payload: Option<String>,
+    /// The rest, for [`config_from`].
+    pub connection: Vec<String>,
+}
+
+/// Parse `publish ...` / `subscribe ...` (`args` without the command word).
+pub fn bus_command(subscribe: bool, args: &[String]) -> Result<BusCommand, String> {
+    let mut cmd = BusCommand {
+        subscribe,
+        topics: Vec::new(),
+        text: false,
+        payload: None,
+        connection: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--topic" => cmd
+                .topics
+                .push(it.next().ok_or("--topic needs a value")?.clone()),
+            "--text" if !subscribe => cmd.text = true,
+            flag if flag.starts_with("--") => {
+                cmd.connection.push(a.clone());
+                cmd.connection
+                    .push(it.next().ok_or(format!("{flag} needs a value"))?.clone());
+            }
+            _ if !subscribe && cmd.payload.is_none() => cmd.payload = Some(a.clone()),
+            _ => return Err(format!("unexpected argument {a:?}")),
+        }
+    }
+    if subscribe && cmd.topics.is_empty() {
+        return Err("subscribe needs at least one --topic".into());
+    }
+    if !subscribe && cmd.topics.len() > 1 {
+        return Err("publish takes one --topic".into());
+    }
+    if !subscribe && cmd.topics.is_empty() {
+        cmd.topics.push(crate::broker::topic::BROADCAST.to_owned());
+    }
+    Ok(cmd)
+}
+
+fn run_bus(cmd: &BusCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    let config = config_from(&cmd.connection, env)?;
+    let target = target(&config);
+    if cmd.subscribe {
+        return bus::subscribe(&target, &cmd.topics, &mut std::io::stdout().lock());
+    }
+    let raw = match cmd.payload.as_deref() {
+        Some("-") | None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| format!("reading stdin: {e}"))?;
+            s
+        }
+        Some(p) => p.to_owned(),
+    };
+    let payload = if cmd.text {
+        serde_json::Value::String(raw.strip_suffix('\n').unwrap_or(&raw).to_owned())
+    } else {
+        serde_json::from_str(&raw)
+            .map_err(|e| format!("payload is not valid JSON ({e}); pass --text to send text"))?
+    };
+    let seq = bus::publish(&target, &cmd.topics[0], payload)?;
+    println!("{seq}");
+    Ok(())
+}
+
 /// Run forever (returns only on a configuration error).
 pub fn run(config: &AgentConfig) -> ExitCode {
     let addr = SocketAddr::new(config.host, config.port);
@@ -154,8 +249,8 @@ pub fn run(config: &AgentConfig) -> ExitCode {
     );
     let mut backoff = Backoff::default();
     loop {
-        let token = boot::read_token(&config.token_file);
-        if token.is_none() {
+        let target = target(config);
+        if target.hello.token.is_none() {
             log.say(
                 "no-token",
                 &format!(
@@ -164,16 +259,6 @@ pub fn run(config: &AgentConfig) -> ExitCode {
                 ),
             );
         }
-        let target = Target {
-            addr,
-            hello: Hello {
-                vm: config.vm.clone(),
-                capabilities: vec![CAP_BUS_V1.to_owned()],
-                token,
-            },
-            heartbeat_interval: config.heartbeat_interval,
-            connect_timeout: Duration::from_secs(3),
-        };
         let mut opened = false;
         let ended = client::run_once(&target, &mut |session| {
             opened = true;
@@ -210,6 +295,18 @@ pub fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    if let Some(word @ ("publish" | "subscribe")) = args.first().map(String::as_str) {
+        let env = |k: &str| std::env::var(k).ok();
+        let result =
+            bus_command(word == "subscribe", &args[1..]).and_then(|cmd| run_bus(&cmd, &env));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("castra-agent {word}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match config_from(&args, &|k| std::env::var(k).ok()) {
         Ok(config) => run(&config),
         Err(e) => {
@@ -225,6 +322,28 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn bus_command_lines() {
+        let cmd = bus_command(false, &args("--topic jobs --vm web {\"a\":1} --port 9")).unwrap();
+        assert_eq!(cmd.topics, vec!["jobs"]);
+        assert_eq!(cmd.payload.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(cmd.connection, args("--vm web --port 9"));
+        let cmd = bus_command(false, &args("--text -")).unwrap();
+        assert_eq!((cmd.topics[0].as_str(), cmd.text), ("broadcast", true));
+        let cmd = bus_command(true, &args("--topic a --topic vm:web")).unwrap();
+        assert_eq!(cmd.topics, vec!["a", "vm:web"]);
+        for (sub, a, want) in [
+            (true, "", "at least one --topic"),
+            (true, "--topic a extra", "unexpected argument"),
+            (false, "a b", "unexpected argument"),
+            (false, "--topic", "needs a value"),
+            (false, "--topic a --topic b 1", "one --topic"),
+        ] {
+            let err = bus_command(sub, &args(a)).unwrap_err();
+            assert!(err.contains(want), "{a}: {err}");
+        }
     }
 
     #[test]

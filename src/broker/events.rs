@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::reason::Reason;
-use super::session::Record;
+use super::session::{Action, Record};
 
 /// One broker event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,6 +42,15 @@ pub enum Event {
         reason: Reason,
         peer: String,
     },
+    /// A back-pressure or liveness decision about a bus session.
+    BusDecision {
+        vm: String,
+        session: String,
+        reason: Reason,
+        action: Action,
+        attempt: u32,
+        peer: String,
+    },
 }
 
 impl Event {
@@ -65,7 +74,23 @@ impl Event {
                 peer,
             }),
             Record::HelloTimeout => Some(Event::HelloTimeout { peer }),
-            Record::Heartbeat { .. } => None,
+            Record::Heartbeat { .. } | Record::Subscriptions { .. } | Record::Published { .. } => {
+                None
+            }
+            Record::Decision {
+                vm,
+                session,
+                reason,
+                action,
+                attempt,
+            } => Some(Event::BusDecision {
+                vm: vm.clone(),
+                session: session.clone(),
+                reason: *reason,
+                action: *action,
+                attempt: *attempt,
+                peer,
+            }),
             Record::Closed {
                 vm,
                 session,
@@ -120,6 +145,17 @@ impl Event {
                 reason,
                 peer,
             } => format!("session closed vm={vm} session={session} reason={reason} peer={peer}"),
+            Event::BusDecision {
+                vm,
+                session,
+                reason,
+                action,
+                attempt,
+                peer,
+            } => format!(
+                "bus decision vm={vm} session={session} reason={reason} action={} attempt={attempt} peer={peer}",
+                action.as_str()
+            ),
         };
         format!("{} {body}", utc(ts_ms))
     }
@@ -192,6 +228,17 @@ mod tests {
                 session: "0123abcd".into(),
                 reason: Reason::HeartbeatTimeout,
             },
+            Record::Decision {
+                vm: "web".into(),
+                session: "0123abcd".into(),
+                reason: Reason::QueueFull,
+                action: Action::Retry,
+                attempt: 2,
+            },
+            Record::Published {
+                vm: Some("web".into()),
+                seq: 3,
+            },
         ];
         let mut events: Vec<Event> = records
             .iter()
@@ -223,6 +270,8 @@ mod tests {
             2024-05-01T12:34:56.789Z hello timeout peer=127.0.0.1:40000
             {"ts_ms":1714566896789,"event":"session_closed","vm":"web","session":"0123abcd","reason":"heartbeat_timeout","peer":"127.0.0.1:40000"}
             2024-05-01T12:34:56.789Z session closed vm=web session=0123abcd reason=heartbeat_timeout peer=127.0.0.1:40000
+            {"ts_ms":1714566896789,"event":"bus_decision","vm":"web","session":"0123abcd","reason":"queue_full","action":"retry","attempt":2,"peer":"127.0.0.1:40000"}
+            2024-05-01T12:34:56.789Z bus decision vm=web session=0123abcd reason=queue_full action=retry attempt=2 peer=127.0.0.1:40000
             {"ts_ms":1714566896789,"event":"broker_stopped","reason":"shutdown"}
             2024-05-01T12:34:56.789Z broker stopped reason=shutdown
             "#);

@@ -141,7 +141,7 @@ pub enum AckStatus {
     Error,
 }
 
-/// What the broker sends in a session (`message` arrives with the bus).
+/// What the broker sends in a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BrokerFrame {
@@ -154,6 +154,14 @@ pub enum BrokerFrame {
         id: Option<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<Reason>,
+    },
+    /// One delivery to a subscriber; `from` is `vm:<name>` or `host`.
+    Message {
+        seq: u64,
+        topic: String,
+        from: String,
+        ts_ms: u64,
+        payload: Value,
     },
     Error {
         reason: Reason,
@@ -174,6 +182,17 @@ impl BrokerFrame {
         }
     }
 
+    /// A successful publish ack, sent once the record is durable.
+    pub fn ack_published(seq: u64, id: Option<Value>) -> Self {
+        BrokerFrame::Ack {
+            ack: AckKind::Publish,
+            status: AckStatus::Ok,
+            seq: Some(seq),
+            id,
+            reason: None,
+        }
+    }
+
     pub fn ack_error(ack: AckKind, reason: Reason, id: Option<Value>) -> Self {
         BrokerFrame::Ack {
             ack,
@@ -187,7 +206,7 @@ impl BrokerFrame {
     /// Parse a broker frame (clients). Frame types this build does not know
     /// are `unknown_type`, which a client should skip rather than fail on.
     pub fn parse(body: &[u8]) -> Result<BrokerFrame, Reason> {
-        parse_tagged(body, &["ack", "error", "bye"])
+        parse_tagged(body, &["ack", "message", "error", "bye"])
     }
 }
 
@@ -306,6 +325,14 @@ mod tests {
         for f in [
             BrokerFrame::ack_ok(AckKind::Heartbeat),
             BrokerFrame::ack_error(AckKind::Publish, Reason::Unsupported, Some(json!(3))),
+            BrokerFrame::ack_published(9, Some(json!("p1"))),
+            BrokerFrame::Message {
+                seq: 9,
+                topic: "broadcast".into(),
+                from: "vm:web".into(),
+                ts_ms: 1_700_000_000_000,
+                payload: json!({"n": [1, "two"]}),
+            },
             BrokerFrame::Error {
                 reason: Reason::FrameTooLarge,
             },
@@ -320,6 +347,10 @@ mod tests {
         }
         assert_eq!(
             BrokerFrame::parse(br#"{"type":"message","seq":1}"#),
+            Err(Reason::BadFrame)
+        );
+        assert_eq!(
+            BrokerFrame::parse(br#"{"type":"news"}"#),
             Err(Reason::UnknownType)
         );
     }

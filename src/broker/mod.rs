@@ -3,10 +3,13 @@
 //! state machine live apart from the smol server so the guest agent can
 //! share them; see docs/BUS.md for the protocol.
 
+pub mod buslog;
 pub mod control;
 pub mod events;
 pub mod frame;
 pub mod hello;
+pub mod host_client;
+pub mod hub;
 pub mod line;
 pub mod reason;
 pub mod recorder;
@@ -14,6 +17,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod token;
+pub mod topic;
 
 pub use server::{BrokerError, BrokerOptions, run};
 pub use state::{BrokerSnapshot, FRESHNESS_WINDOW_MS, VmEntry, age_ms, reachable, read_snapshot};

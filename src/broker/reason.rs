@@ -51,6 +51,19 @@ pub enum Reason {
     IoError,
     /// The host socket got a request line it does not know.
     UnknownRequest,
+    /// A subscriber's outbound queue stayed full through every retry: the
+    /// broker says `bye slow_consumer` and disconnects it.
+    SlowConsumer,
+    /// A subscriber's outbound queue is full (a retry follows; events only).
+    QueueFull,
+    /// A topic is empty, longer than 256 bytes or holds control characters.
+    InvalidTopic,
+    /// A session subscribed to `vm:<other>`: only that VM's sessions may.
+    ForbiddenTopic,
+    /// A session asked for more than 64 subscriptions.
+    TooManySubscriptions,
+    /// The broker could not durably append a publish (see broker.log); it was not acknowledged.
+    StorageError,
 }
 
 impl Reason {
@@ -77,11 +90,17 @@ impl Reason {
             Reason::PeerClosed => "peer_closed",
             Reason::IoError => "io_error",
             Reason::UnknownRequest => "unknown_request",
+            Reason::SlowConsumer => "slow_consumer",
+            Reason::QueueFull => "queue_full",
+            Reason::InvalidTopic => "invalid_topic",
+            Reason::ForbiddenTopic => "forbidden_topic",
+            Reason::TooManySubscriptions => "too_many_subscriptions",
+            Reason::StorageError => "storage_error",
         }
     }
 
     /// Every reason, for docs and tests.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 26] = [
         Reason::MalformedHello,
         Reason::UnknownVm,
         Reason::BadToken,
@@ -102,6 +121,12 @@ impl Reason {
         Reason::PeerClosed,
         Reason::IoError,
         Reason::UnknownRequest,
+        Reason::SlowConsumer,
+        Reason::QueueFull,
+        Reason::InvalidTopic,
+        Reason::ForbiddenTopic,
+        Reason::TooManySubscriptions,
+        Reason::StorageError,
     ];
 
     /// Parse a wire word (used by clients such as the agent).

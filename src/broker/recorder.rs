@@ -28,6 +28,10 @@ enum Msg {
     Record(Record, SocketAddr),
     Event(Event),
     Status(smol::channel::Sender<String>),
+    BusStats {
+        dropped_total: u64,
+        queue_depth: u64,
+    },
     Stop(Reason),
 }
 
@@ -46,6 +50,14 @@ pub struct RecorderHandle {
 impl RecorderHandle {
     pub fn record(&self, record: Record, peer: SocketAddr) {
         let _ = self.tx.send(Msg::Record(record, peer));
+    }
+
+    /// The hub's counters (`bus_overflow_dropped_total`, `bus_queue_depth`).
+    pub fn bus_stats(&self, dropped_total: u64, queue_depth: u64) {
+        let _ = self.tx.send(Msg::BusStats {
+            dropped_total,
+            queue_depth,
+        });
     }
 
     /// The current snapshot as JSON (what state.json would hold now).
@@ -133,6 +145,13 @@ impl Worker {
                     self.dirty = true;
                 }
                 Ok(Msg::Event(event)) => self.emit(&event, unix_ms()),
+                Ok(Msg::BusStats {
+                    dropped_total,
+                    queue_depth,
+                }) => {
+                    self.snapshot.set_bus_stats(dropped_total, queue_depth);
+                    self.dirty = true;
+                }
                 Ok(Msg::Status(reply)) => {
                     let _ = reply.try_send(self.render(unix_ms()));
                 }

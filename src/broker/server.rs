@@ -3,14 +3,21 @@
 //! (0600) for host tools; runs one task per connection that feeds the pure
 //! [`Session`] machine and carries out its effects; stops on SIGTERM/SIGINT
 //! after sending `bye shutdown` to every session. What the protocol means is
-//! in `session`; what is recorded and written is in `recorder`.
+//! in `session`; what is recorded and written is in `recorder`; publishes
+//! are made durable by `buslog` and fanned out by `hub`.
+//!
+//! A bus session has two tasks: the connection task reads frames, runs the
+//! session machine and enqueues what it sends into the session's bounded
+//! outbound queue; a writer task drains that queue into the socket. So a
+//! stalled peer stalls only its own writer, and the hub (which only ever
+//! `try_send`s into queues) and every other session keep going.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_net::unix::{UnixListener, UnixStream};
@@ -18,13 +25,17 @@ use async_net::{TcpListener, TcpStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use smol::Timer;
 
+use serde_json::Value;
+
+use super::buslog::{self, Append};
 use super::events::Event;
-use super::frame::{self, ClientFrame, Decoder};
+use super::frame::{self, AckKind, BrokerFrame, ClientFrame, Decoder};
 use super::hello::{GREETING, MAX_HELLO_LINE, Reply};
+use super::hub::{self, Frame, Hub, HubConfig, HubMsg};
 use super::line::{LinePush, LineReader};
 use super::reason::Reason;
 use super::recorder::{Recorder, RecorderHandle, log, unix_ms};
-use super::session::{Effect, Input, Session, SessionConfig};
+use super::session::{Effect, Input, Record, Session, SessionConfig};
 use super::state::{BrokerSnapshot, read_snapshot};
 use super::token::{TokenLookup, read_token_file};
 use crate::layout::{MAX_SOCKET_PATH, StateLayout};
@@ -35,6 +46,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// On shutdown, how long sessions get to receive their `bye`.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// When a session closes, how long its writer may take to finish the frame
+/// in flight and send the last frames (`bye`) before the socket is closed.
+pub const FINAL_GRACE: Duration = Duration::from_secs(1);
+/// How long a host `publish` request waits for its durable append.
+pub const HOST_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the broker needs to run.
 #[derive(Debug, Clone)]
@@ -46,6 +62,7 @@ pub struct BrokerOptions {
     pub session: SessionConfig,
     pub frame_limit: u32,
     pub max_connections: usize,
+    pub hub: HubConfig,
 }
 
 impl BrokerOptions {
@@ -57,6 +74,7 @@ impl BrokerOptions {
             session: SessionConfig::default(),
             frame_limit: frame::DEFAULT_FRAME_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            hub: HubConfig::default(),
         }
     }
 }
@@ -88,6 +106,10 @@ pub enum BrokerError {
     Signals(nix::Error),
     #[error("cannot start the broker's recorder: {0}")]
     Recorder(io::Error),
+    #[error(
+        "cannot open the bus log in {path}: {source} (check the state root's permissions and free space)"
+    )]
+    BusLog { path: PathBuf, source: io::Error },
 }
 
 /// Run the broker until SIGTERM or SIGINT; then `bye shutdown` to every
@@ -139,6 +161,27 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         })
         .map_err(BrokerError::Recorder)?;
 
+    let (hub_tx, hub_rx) = smol::channel::unbounded::<HubMsg>();
+    let deliver_tx = hub_tx.clone();
+    let (buslog, log_tx) = buslog::start(
+        &layout,
+        Box::new(move |c: buslog::Committed| {
+            let _ = deliver_tx.try_send(HubMsg::Deliver {
+                topic: c.topic,
+                frame: c.frame,
+            });
+        }),
+    )
+    .map_err(|source| BrokerError::BusLog {
+        path: layout.bus_log_dir(),
+        source,
+    })?;
+    log(&format!(
+        "bus log {} ready, next seq {}",
+        layout.bus_log_dir().display(),
+        buslog.next_seq
+    ));
+    let hub = Hub::new(opts.hub);
     let ctx = Arc::new(Ctx {
         opts,
         layout,
@@ -146,7 +189,11 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         recorder: recorder.handle(),
         connections,
         shutdown: stop_rx,
+        hub: hub_tx,
+        bus_log: log_tx,
+        next_key: AtomicU64::new(1),
     });
+    smol::spawn(hub::run(hub, hub_rx, ctx.recorder.clone())).detach();
     smol::block_on(async {
         accept_guests(ctx.clone(), tcp)
             .or(accept_host(ctx.clone(), unix))
@@ -238,6 +285,11 @@ struct Ctx {
     connections: Arc<AtomicUsize>,
     /// Never sent on: closed (by dropping its sender) when the broker stops.
     shutdown: smol::channel::Receiver<()>,
+    hub: smol::channel::Sender<HubMsg>,
+    /// Publishes to make durable. The writer thread is never joined: what it
+    /// has not synced when the process exits was never acknowledged.
+    bus_log: smol::channel::Sender<Append>,
+    next_key: AtomicU64,
 }
 
 impl Ctx {
@@ -334,6 +386,8 @@ enum Wake {
     Read(io::Result<usize>),
     Tick,
     Shutdown,
+    Committed(Option<Value>, Result<u64, Reason>),
+    Evicted(Reason),
 }
 
 enum Flow {
@@ -341,11 +395,28 @@ enum Flow {
     Close,
 }
 
+/// A publish's completion, from the bus log writer to its session.
+type Completion = (Option<Value>, Result<u64, Reason>);
+
+/// The bus side of an open session.
+struct BusLink {
+    key: u64,
+    /// Bounded outbound queue, drained by the writer task.
+    queue: smol::channel::Sender<Frame>,
+    /// The last frames, handed past a full queue when the session closes.
+    last: smol::channel::Sender<Vec<u8>>,
+    commits_tx: smol::channel::Sender<Completion>,
+    commits: smol::channel::Receiver<Completion>,
+    evicted: smol::channel::Receiver<Reason>,
+    writer: smol::Task<()>,
+}
+
 struct Conn {
     ctx: Arc<Ctx>,
     stream: TcpStream,
     peer: SocketAddr,
     session: Session,
+    bus: Option<BusLink>,
 }
 
 async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
@@ -356,6 +427,7 @@ async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         stream,
         peer,
         session,
+        bus: None,
     };
     if conn
         .write(format!("{GREETING}\n").as_bytes())
@@ -365,16 +437,23 @@ async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         return;
     }
     if let Some(rest) = conn.hello_phase().await {
+        conn.open_bus();
         conn.frame_phase(&rest).await;
+        conn.close_bus().await;
     }
     conn.linger().await;
 }
 
 impl Conn {
-    /// Wait for bytes, the session's next deadline, or shutdown.
+    /// Wait for bytes, the session's next deadline, a publish completion,
+    /// an eviction, or shutdown.
     async fn wait(&mut self, buf: &mut [u8]) -> Wake {
         let deadline = self.session.deadline_ms().map(|ms| self.ctx.instant_at(ms));
         let ctx = self.ctx.clone();
+        let bus = self
+            .bus
+            .as_ref()
+            .map(|b| (b.commits.clone(), b.evicted.clone()));
         let read = async { Wake::Read(self.stream.read(buf).await) };
         let tick = async {
             match deadline {
@@ -389,16 +468,38 @@ impl Conn {
             ctx.stopped().await;
             Wake::Shutdown
         };
-        stop.or(read).or(tick).await
+        let bus = async {
+            match bus {
+                Some((commits, evicted)) => {
+                    let commit = async {
+                        match commits.recv().await {
+                            Ok((id, result)) => Wake::Committed(id, result),
+                            Err(_) => std::future::pending().await,
+                        }
+                    };
+                    let evict = async {
+                        match evicted.recv().await {
+                            Ok(reason) => Wake::Evicted(reason),
+                            Err(_) => std::future::pending().await,
+                        }
+                    };
+                    evict.or(commit).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        stop.or(bus).or(read).or(tick).await
     }
 
-    fn input_for(wake: &Wake) -> Option<Input<'static>> {
+    fn input_for(wake: Wake) -> Result<Input<'static>, usize> {
         match wake {
-            Wake::Read(Ok(0)) => Some(Input::PeerGone(Reason::PeerClosed)),
-            Wake::Read(Ok(_)) => None,
-            Wake::Read(Err(_)) => Some(Input::PeerGone(Reason::IoError)),
-            Wake::Tick => Some(Input::Tick),
-            Wake::Shutdown => Some(Input::Shutdown),
+            Wake::Read(Ok(0)) => Ok(Input::PeerGone(Reason::PeerClosed)),
+            Wake::Read(Ok(n)) => Err(n),
+            Wake::Read(Err(_)) => Ok(Input::PeerGone(Reason::IoError)),
+            Wake::Tick => Ok(Input::Tick),
+            Wake::Shutdown => Ok(Input::Shutdown),
+            Wake::Committed(id, result) => Ok(Input::Committed { id, result }),
+            Wake::Evicted(reason) => Ok(Input::Evict(reason)),
         }
     }
 
@@ -410,9 +511,9 @@ impl Conn {
         loop {
             let wake = self.wait(&mut buf).await;
             let mut rest = Vec::new();
-            let effects = match (Self::input_for(&wake), wake) {
-                (Some(input), _) => self.step(input),
-                (None, Wake::Read(Ok(n))) => match reader.push(&buf[..n]) {
+            let effects = match Self::input_for(wake) {
+                Ok(input) => self.step(input),
+                Err(n) => match reader.push(&buf[..n]) {
                     LinePush::NeedMore => continue,
                     LinePush::TooLong => self.step(Input::LineTooLong),
                     LinePush::Line { line, rest: after } => {
@@ -420,13 +521,12 @@ impl Conn {
                         self.step(Input::Line(&line))
                     }
                 },
-                (None, Wake::Read(Err(_)) | Wake::Tick | Wake::Shutdown) => Vec::new(),
             };
             match self.perform(effects).await {
                 Flow::Close => return None,
                 Flow::Continue if self.session.is_terminal() => return None,
                 Flow::Continue => match self.session.state() {
-                    super::session::State::Open { .. } => return Some(rest),
+                    super::session::State::Open(_) => return Some(rest),
                     super::session::State::AwaitingHello { .. }
                     | super::session::State::HandshakeOnly { .. }
                     | super::session::State::Denied { .. }
@@ -434,6 +534,52 @@ impl Conn {
                 },
             }
         }
+    }
+
+    /// Start the writer task and register the session with the hub.
+    fn open_bus(&mut self) {
+        let super::session::State::Open(open) = self.session.state() else {
+            return;
+        };
+        let (vm, session) = (open.vm.clone(), open.session.clone());
+        let key = self.ctx.next_key.fetch_add(1, Ordering::Relaxed);
+        let (queue, queue_rx) = smol::channel::bounded(self.ctx.opts.hub.queue_frames.max(1));
+        let (last, last_rx) = smol::channel::bounded(1);
+        let (evict, evicted) = smol::channel::bounded(1);
+        let (commits_tx, commits) = smol::channel::unbounded();
+        let writer = smol::spawn(write_frames(self.stream.clone(), queue_rx, last_rx));
+        let _ = self.ctx.hub.try_send(HubMsg::Register {
+            key,
+            vm,
+            session,
+            peer: self.peer,
+            queue: queue.clone(),
+            evict,
+        });
+        self.bus = Some(BusLink {
+            key,
+            queue,
+            last,
+            commits_tx,
+            commits,
+            evicted,
+            writer,
+        });
+    }
+
+    /// Forget the session in the hub and let its writer finish.
+    async fn close_bus(&mut self) {
+        let Some(bus) = self.bus.take() else {
+            return;
+        };
+        let _ = self.ctx.hub.try_send(HubMsg::Unregister { key: bus.key });
+        bus.queue.close();
+        let writer = bus.writer;
+        writer
+            .or(async {
+                Timer::after(WRITE_TIMEOUT + FINAL_GRACE).await;
+            })
+            .await;
     }
 
     async fn frame_phase(&mut self, first: &[u8]) {
@@ -444,13 +590,12 @@ impl Conn {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let wake = self.wait(&mut buf).await;
-            let flow = match (Self::input_for(&wake), wake) {
-                (Some(input), _) => {
+            let flow = match Self::input_for(wake) {
+                Ok(input) => {
                     let effects = self.step(input);
                     self.perform(effects).await
                 }
-                (None, Wake::Read(Ok(n))) => self.feed(&mut decoder, &buf[..n]).await,
-                (None, Wake::Read(Err(_)) | Wake::Tick | Wake::Shutdown) => Flow::Continue,
+                Err(n) => self.feed(&mut decoder, &buf[..n]).await,
             };
             if let Flow::Close = flow {
                 return;
@@ -481,31 +626,113 @@ impl Conn {
     }
 
     async fn perform(&mut self, effects: Vec<Effect>) -> Flow {
+        // Frames sent together with a close are the session's last: they go
+        // past a full queue (a slow consumer still gets its `bye`).
+        let closing = effects.iter().any(|e| matches!(e, Effect::Close(_)));
+        let mut last_frames = Vec::new();
         for effect in effects {
             let written = match effect {
                 Effect::Reply(reply) => {
                     self.write(format!("{}\n", reply.to_line()).as_bytes())
                         .await
                 }
-                Effect::Send(f) => self.write(&frame::encode(&f)).await,
+                Effect::Send(f) if closing && self.bus.is_some() => {
+                    last_frames.extend_from_slice(&frame::encode(&f));
+                    Ok(())
+                }
+                Effect::Send(f) => self.send(frame::encode(&f).into()).await,
                 Effect::Record(record) => {
                     self.ctx.recorder.record(record, self.peer);
                     Ok(())
                 }
-                Effect::Close(_) => return Flow::Close,
+                Effect::Publish { topic, payload, id } => self.publish(topic, payload, id).await,
+                Effect::Subscribe(topic) => {
+                    if let Some(bus) = &self.bus {
+                        let _ = self.ctx.hub.try_send(HubMsg::Subscribe {
+                            key: bus.key,
+                            topic,
+                        });
+                    }
+                    Ok(())
+                }
+                Effect::Unsubscribe(topic) => {
+                    if let Some(bus) = &self.bus {
+                        let _ = self.ctx.hub.try_send(HubMsg::Unsubscribe {
+                            key: bus.key,
+                            topic,
+                        });
+                    }
+                    Ok(())
+                }
+                Effect::Close(_) => {
+                    if let Some(bus) = &self.bus
+                        && !last_frames.is_empty()
+                    {
+                        let bytes: Frame = std::mem::take(&mut last_frames).into();
+                        if bus.queue.try_send(bytes.clone()).is_err() {
+                            let _ = bus.last.try_send(bytes.to_vec());
+                        }
+                    }
+                    return Flow::Close;
+                }
             };
             if written.is_err() {
                 // The peer is gone: close the session without writing more.
                 for e in self.step(Input::PeerGone(Reason::IoError)) {
                     match e {
                         Effect::Record(record) => self.ctx.recorder.record(record, self.peer),
-                        Effect::Reply(_) | Effect::Send(_) | Effect::Close(_) => {}
+                        Effect::Reply(_)
+                        | Effect::Send(_)
+                        | Effect::Publish { .. }
+                        | Effect::Subscribe(_)
+                        | Effect::Unsubscribe(_)
+                        | Effect::Close(_) => {}
                     }
                 }
                 return Flow::Close;
             }
         }
         Flow::Continue
+    }
+
+    /// Enqueue a frame for the writer (waits while this session's queue is full).
+    async fn send(&mut self, bytes: Frame) -> io::Result<()> {
+        match &self.bus {
+            Some(bus) => bus
+                .queue
+                .send(bytes)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "writer stopped")),
+            None => self.write(&bytes).await,
+        }
+    }
+
+    /// Hand a publish to the bus log; its ack comes back as a completion.
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Value,
+        id: Option<Value>,
+    ) -> io::Result<()> {
+        let (Some(bus), super::session::State::Open(open)) = (&self.bus, self.session.state())
+        else {
+            return Ok(());
+        };
+        let done_tx = bus.commits_tx.clone();
+        let done_id = id.clone();
+        let append = Append {
+            vm: Some(open.vm.clone()),
+            topic,
+            payload,
+            id,
+            done: Box::new(move |result| {
+                let _ = done_tx.try_send((done_id, result));
+            }),
+        };
+        if self.ctx.bus_log.send(append).await.is_err() {
+            let _ = bus.commits_tx.try_send((None, Err(Reason::StorageError)));
+        }
+        Ok(())
     }
 
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -540,6 +767,102 @@ impl Conn {
     }
 }
 
+/// What the writer task does next.
+enum Next {
+    Frame(Frame),
+    Last(Vec<u8>),
+    Done,
+}
+
+/// A session's writer: drain the outbound queue into the socket. When the
+/// session's last frames arrive past a full queue, finish the frame in
+/// flight and write them within [`FINAL_GRACE`], dropping what is queued.
+/// A write stalled for [`WRITE_TIMEOUT`] ends the connection.
+async fn write_frames(
+    mut stream: TcpStream,
+    queue: smol::channel::Receiver<Frame>,
+    last: smol::channel::Receiver<Vec<u8>>,
+) {
+    let last_frames = || async {
+        match last.recv().await {
+            Ok(bytes) => Next::Last(bytes),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let ok = loop {
+        let next = last_frames()
+            .or(async {
+                match queue.recv().await {
+                    Ok(f) => Next::Frame(f),
+                    Err(_) => Next::Done,
+                }
+            })
+            .await;
+        let (frame, interrupted) = match next {
+            Next::Done => break true,
+            Next::Last(bytes) => (Frame::from(bytes), None),
+            Next::Frame(f) => {
+                let mut off = 0;
+                let mut interrupted = None;
+                while off < f.len() {
+                    let step = async { Ok(stream.write(&f[off..]).await) }
+                        .or(async {
+                            match last_frames().await {
+                                Next::Last(b) => Err(b),
+                                Next::Frame(_) | Next::Done => std::future::pending().await,
+                            }
+                        })
+                        .or(async {
+                            Timer::after(WRITE_TIMEOUT).await;
+                            Ok(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "write timed out",
+                            )))
+                        })
+                        .await;
+                    match step {
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        Ok(Ok(n)) => off += n,
+                        Err(bytes) => {
+                            interrupted = Some(bytes);
+                            break;
+                        }
+                    }
+                }
+                match interrupted {
+                    None => continue,
+                    Some(bytes) => (f, Some((off, bytes))),
+                }
+            }
+        };
+        // The last frames: finish the interrupted frame first, then them.
+        let mut tail = Vec::new();
+        match interrupted {
+            Some((off, bytes)) => {
+                tail.extend_from_slice(&frame[off..]);
+                tail.extend_from_slice(&bytes);
+            }
+            None => tail.extend_from_slice(&frame),
+        }
+        let done = async { stream.write_all(&tail).await.is_ok() }
+            .or(async {
+                Timer::after(FINAL_GRACE).await;
+                false
+            })
+            .await;
+        break done;
+    };
+    let how = if ok {
+        std::net::Shutdown::Write
+    } else {
+        std::net::Shutdown::Both
+    };
+    let _ = stream.shutdown(how);
+}
+
 async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
     loop {
         let accepted = async { Some(listener.accept().await) }
@@ -567,11 +890,17 @@ async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
     }
 }
 
-/// Host socket: one request line, one reply. `status` answers the state
-/// snapshot as JSON; anything else is `error: unknown_request`.
+/// Host socket: one request line, one reply line.
+///
+/// - `status`: the state snapshot as JSON.
+/// - `publish {"topic":T,"payload":ANY,"id"?:ANY}`: a durable host publish;
+///   the reply is the publish ack frame's JSON (`seq` when `status` is ok),
+///   sent only after the append is synced.
+/// - anything else: `error: unknown_request`.
 async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
-    let mut reader = LineReader::new(MAX_HELLO_LINE);
-    let mut buf = [0u8; MAX_HELLO_LINE];
+    let max = ctx.opts.frame_limit as usize + HOST_REQUEST_OVERHEAD;
+    let mut reader = LineReader::new(max);
+    let mut buf = vec![0u8; 16 * 1024];
     let line = loop {
         let n = async { stream.read(&mut buf).await.ok() }
             .or(async {
@@ -583,17 +912,83 @@ async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
             None | Some(0) => return,
             Some(n) => match reader.push(&buf[..n]) {
                 LinePush::NeedMore => continue,
-                LinePush::TooLong => return,
+                LinePush::TooLong => {
+                    let ack = BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, None);
+                    let reply = serde_json::to_string(&ack).unwrap_or_default();
+                    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+                    return;
+                }
                 LinePush::Line { line, .. } => break line,
             },
         }
     };
-    let reply = match String::from_utf8_lossy(&line).trim() {
-        "status" => match ctx.recorder.status().await {
+    let text = String::from_utf8_lossy(&line);
+    let text = text.trim();
+    let reply = if text == "status" {
+        match ctx.recorder.status().await {
             Some(json) => json,
             None => Reply::Error(Reason::InternalError).to_line(),
-        },
-        _ => Reply::Error(Reason::UnknownRequest).to_line(),
+        }
+    } else if let Some(body) = text.strip_prefix("publish ") {
+        let ack = host_publish(&ctx, body).await;
+        serde_json::to_string(&ack).unwrap_or_default()
+    } else {
+        Reply::Error(Reason::UnknownRequest).to_line()
     };
     let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
 }
+
+/// Room for `publish ` and the request's own fields beyond the frame limit.
+pub const HOST_REQUEST_OVERHEAD: usize = 1024;
+
+async fn host_publish(ctx: &Ctx, body: &str) -> BrokerFrame {
+    let bad = |reason| BrokerFrame::ack_error(AckKind::Publish, reason, None);
+    let mut value: Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(_) => return bad(Reason::InvalidJson),
+    };
+    let Some(obj) = value.as_object_mut() else {
+        return bad(Reason::InvalidJson);
+    };
+    obj.insert("type".into(), Value::from("publish"));
+    let (topic, payload, id) = match serde_json::from_value::<ClientFrame>(value) {
+        Ok(ClientFrame::Publish { topic, payload, id }) => (topic, payload, id),
+        Ok(_) | Err(_) => return bad(Reason::BadFrame),
+    };
+    if body.len() > ctx.opts.frame_limit as usize {
+        return BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, id);
+    }
+    if let Err(reason) = super::topic::check(&topic) {
+        return BrokerFrame::ack_error(AckKind::Publish, reason, id);
+    }
+    let (tx, rx) = smol::channel::bounded(1);
+    let append = Append {
+        vm: None,
+        topic,
+        payload,
+        id: id.clone(),
+        done: Box::new(move |r| {
+            let _ = tx.try_send(r);
+        }),
+    };
+    if ctx.bus_log.send(append).await.is_err() {
+        return BrokerFrame::ack_error(AckKind::Publish, Reason::StorageError, id);
+    }
+    let result = async { rx.recv().await.unwrap_or(Err(Reason::StorageError)) }
+        .or(async {
+            Timer::after(HOST_PUBLISH_TIMEOUT).await;
+            Err(Reason::StorageError)
+        })
+        .await;
+    match result {
+        Ok(seq) => {
+            ctx.recorder
+                .record(Record::Published { vm: None, seq }, HOST_PEER);
+            BrokerFrame::ack_published(seq, id)
+        }
+        Err(reason) => BrokerFrame::ack_error(AckKind::Publish, reason, id),
+    }
+}
+
+/// The peer recorded for host-socket requests (they have no address).
+const HOST_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);

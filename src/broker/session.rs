@@ -9,15 +9,28 @@
 //!               --refused/timeout-->   Denied(reason)  (closed at once)
 //! ```
 //!
+//! In `Open`, bus frames become effects the server carries out: a publish
+//! becomes [`Effect::Publish`] (the server appends it durably and feeds back
+//! [`Input::Committed`], which alone produces the publish ack), subscribe
+//! and unsubscribe become hub effects with an immediate ack. The session
+//! owns its subscription set, so every way of closing (bye, heartbeat
+//! timeout, eviction by the hub, peer gone) clears it deterministically.
+//!
 //! Token policy: a hello naming a known VM must carry that VM's token,
 //! except a handshake-only hello (no `bus-v1`) when the broker runs with
 //! `allow_tokenless_handshake`; then it is recorded for reachability like any
 //! other. A token-less `bus-v1` hello is always `missing_token`.
 
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::Value;
+
 use super::frame::{AckKind, BrokerFrame, ClientFrame};
 use super::hello::{self, Reply};
 use super::reason::Reason;
 use super::token::{TokenLookup, tokens_match};
+use super::topic;
 
 /// Default time a client has to send its hello.
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
@@ -70,6 +83,32 @@ pub enum Input<'a> {
     PeerGone(Reason),
     /// The broker is stopping.
     Shutdown,
+    /// A publish of this session was durably appended (`Ok(seq)`) or not.
+    Committed {
+        id: Option<Value>,
+        result: Result<u64, Reason>,
+    },
+    /// The hub cut this session off (`slow_consumer`).
+    Evict(Reason),
+}
+
+/// What the broker did about a struggling session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Keep the message and try again shortly.
+    Retry,
+    /// Close the session.
+    Disconnect,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Disconnect => "disconnect",
+        }
+    }
 }
 
 /// Something the server must record (state snapshot, events, log).
@@ -93,6 +132,22 @@ pub enum Record {
         session: String,
         reason: Reason,
     },
+    /// A session's subscription count changed (0 when it closed).
+    Subscriptions {
+        vm: String,
+        session: String,
+        count: u32,
+    },
+    /// A publish was durably appended (`vm` is `None` for the host).
+    Published { vm: Option<String>, seq: u64 },
+    /// A back-pressure or liveness decision (`attempt` counts retries).
+    Decision {
+        vm: String,
+        session: String,
+        reason: Reason,
+        action: Action,
+        attempt: u32,
+    },
 }
 
 /// What the server must do, in order.
@@ -101,29 +156,38 @@ pub enum Effect {
     Reply(Reply),
     Send(BrokerFrame),
     Record(Record),
+    /// Append durably, deliver, then feed back [`Input::Committed`].
+    Publish {
+        topic: String,
+        payload: Value,
+        id: Option<Value>,
+    },
+    /// Tell the hub: deliver `topic` to this session from now on.
+    Subscribe(String),
+    /// Tell the hub: stop delivering `topic` to this session.
+    Unsubscribe(String),
     Close(Reason),
+}
+
+/// A granted bus session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open {
+    pub vm: String,
+    pub session: String,
+    pub last_heard_ms: u64,
+    pub subscriptions: BTreeSet<String>,
+    /// Highest `seq` the consumer acknowledged.
+    pub acked_seq: Option<u64>,
 }
 
 /// Where a connection stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    AwaitingHello {
-        deadline_ms: u64,
-    },
-    Open {
-        vm: String,
-        session: String,
-        last_heard_ms: u64,
-    },
-    HandshakeOnly {
-        vm: String,
-    },
-    Denied {
-        reason: Reason,
-    },
-    Closed {
-        reason: Reason,
-    },
+    AwaitingHello { deadline_ms: u64 },
+    Open(Open),
+    HandshakeOnly { vm: String },
+    Denied { reason: Reason },
+    Closed { reason: Reason },
 }
 
 /// One connection's session.
@@ -163,9 +227,7 @@ impl Session {
     pub fn deadline_ms(&self) -> Option<u64> {
         match &self.state {
             State::AwaitingHello { deadline_ms } => Some(*deadline_ms),
-            State::Open { last_heard_ms, .. } => {
-                Some(last_heard_ms + self.config.heartbeat_timeout_ms)
-            }
+            State::Open(open) => Some(open.last_heard_ms + self.config.heartbeat_timeout_ms),
             State::HandshakeOnly { .. } | State::Denied { .. } | State::Closed { .. } => None,
         }
     }
@@ -226,16 +288,14 @@ impl Session {
                 )
             }
             // Frames cannot arrive before the handshake: the server reads lines then.
-            (s @ State::AwaitingHello { .. }, Input::Frame(_)) => (s, vec![]),
-
+            // Frames cannot arrive before the handshake: the server reads lines then;
+            // neither can commits or evictions, which need a session.
             (
-                State::Open {
-                    vm,
-                    session,
-                    last_heard_ms,
-                },
-                input,
-            ) => self.on_open(vm, session, last_heard_ms, now_ms, input),
+                s @ State::AwaitingHello { .. },
+                Input::Frame(_) | Input::Committed { .. } | Input::Evict(_),
+            ) => (s, vec![]),
+
+            (State::Open(open), input) => self.on_open(open, now_ms, input),
 
             // Finished connections ignore everything.
             (s @ State::HandshakeOnly { .. }, _)
@@ -268,11 +328,13 @@ impl Session {
                 capabilities: hello.capabilities,
             };
             (
-                State::Open {
+                State::Open(Open {
                     vm: hello.vm,
                     session: self.id.clone(),
                     last_heard_ms: now_ms,
-                },
+                    subscriptions: BTreeSet::new(),
+                    acked_seq: None,
+                }),
                 vec![
                     Effect::Reply(Reply::Session(self.id.clone())),
                     Effect::Record(record),
@@ -295,112 +357,153 @@ impl Session {
         }
     }
 
-    fn on_open(
-        &self,
-        vm: String,
-        session: String,
-        last_heard_ms: u64,
-        now_ms: u64,
-        input: Input<'_>,
-    ) -> (State, Vec<Effect>) {
-        let close = |vm: String, session: String, reason: Reason, mut effects: Vec<Effect>| {
-            effects.push(Effect::Record(Record::Closed {
-                vm,
-                session,
-                reason,
-            }));
-            effects.push(Effect::Close(reason));
-            (State::Closed { reason }, effects)
-        };
-        let heard = |vm: String, session: String, effects: Vec<Effect>| {
-            (
-                State::Open {
-                    vm,
-                    session,
-                    last_heard_ms: now_ms,
-                },
-                effects,
-            )
-        };
+    fn on_open(&self, mut open: Open, now_ms: u64, input: Input<'_>) -> (State, Vec<Effect>) {
+        let mut effects = Vec::new();
         match input {
-            Input::Frame(Ok(ClientFrame::Heartbeat)) => {
-                let record = Record::Heartbeat {
-                    vm: vm.clone(),
-                    session: session.clone(),
+            Input::Frame(Ok(frame)) => {
+                open.last_heard_ms = now_ms;
+                on_frame(&mut open, frame, &mut effects);
+            }
+            Input::Committed { id, result } => {
+                let ack = match result {
+                    Ok(seq) => {
+                        effects.push(Effect::Record(Record::Published {
+                            vm: Some(open.vm.clone()),
+                            seq,
+                        }));
+                        BrokerFrame::ack_published(seq, id)
+                    }
+                    Err(reason) => BrokerFrame::ack_error(AckKind::Publish, reason, id),
                 };
-                heard(
-                    vm,
-                    session,
-                    vec![
-                        Effect::Send(BrokerFrame::ack_ok(AckKind::Heartbeat)),
-                        Effect::Record(record),
-                    ],
-                )
+                effects.insert(0, Effect::Send(ack));
             }
-            Input::Frame(Ok(ClientFrame::Publish { id, .. })) => {
-                let ack = BrokerFrame::ack_error(AckKind::Publish, Reason::Unsupported, id);
-                heard(vm, session, vec![Effect::Send(ack)])
+            Input::Frame(Err(reason)) => {
+                effects.push(Effect::Send(BrokerFrame::Error { reason }));
+                effects.push(Effect::Send(BrokerFrame::Bye { reason }));
+                return close(open, reason, effects);
             }
-            Input::Frame(Ok(ClientFrame::Subscribe { .. })) => {
-                let ack = BrokerFrame::ack_error(AckKind::Subscribe, Reason::Unsupported, None);
-                heard(vm, session, vec![Effect::Send(ack)])
-            }
-            Input::Frame(Ok(ClientFrame::Unsubscribe { .. })) => {
-                let ack = BrokerFrame::ack_error(AckKind::Unsubscribe, Reason::Unsupported, None);
-                heard(vm, session, vec![Effect::Send(ack)])
-            }
-            // Nothing is delivered yet, so there is nothing to acknowledge.
-            Input::Frame(Ok(ClientFrame::Ack { .. })) => heard(vm, session, vec![]),
-            Input::Frame(Err(reason)) => close(
-                vm,
-                session,
-                reason,
-                vec![
-                    Effect::Send(BrokerFrame::Error { reason }),
-                    Effect::Send(BrokerFrame::Bye { reason }),
-                ],
-            ),
             Input::Tick => {
-                if now_ms >= last_heard_ms + self.config.heartbeat_timeout_ms {
+                if now_ms >= open.last_heard_ms + self.config.heartbeat_timeout_ms {
                     let reason = Reason::HeartbeatTimeout;
-                    close(
-                        vm,
-                        session,
-                        reason,
-                        vec![Effect::Send(BrokerFrame::Bye { reason })],
-                    )
-                } else {
-                    (
-                        State::Open {
-                            vm,
-                            session,
-                            last_heard_ms,
-                        },
-                        vec![],
-                    )
+                    effects.push(Effect::Send(BrokerFrame::Bye { reason }));
+                    effects.push(decision(&open, reason));
+                    return close(open, reason, effects);
                 }
             }
-            Input::PeerGone(reason) => close(vm, session, reason, vec![]),
+            Input::Evict(reason) => {
+                effects.push(Effect::Send(BrokerFrame::Bye { reason }));
+                return close(open, reason, effects);
+            }
+            Input::PeerGone(reason) => return close(open, reason, effects),
             Input::Shutdown => {
                 let reason = Reason::Shutdown;
-                close(
-                    vm,
-                    session,
-                    reason,
-                    vec![Effect::Send(BrokerFrame::Bye { reason })],
-                )
+                effects.push(Effect::Send(BrokerFrame::Bye { reason }));
+                return close(open, reason, effects);
             }
             // Lines end with the handshake; the server no longer reads them.
-            Input::Line(_) | Input::LineTooLong => (
-                State::Open {
-                    vm,
-                    session,
-                    last_heard_ms,
-                },
-                vec![],
-            ),
+            Input::Line(_) | Input::LineTooLong => {}
+        }
+        (State::Open(open), effects)
+    }
+}
+
+/// A well-formed frame on an open session.
+fn on_frame(open: &mut Open, frame: ClientFrame, effects: &mut Vec<Effect>) {
+    match frame {
+        ClientFrame::Heartbeat => {
+            effects.push(Effect::Send(BrokerFrame::ack_ok(AckKind::Heartbeat)));
+            effects.push(Effect::Record(Record::Heartbeat {
+                vm: open.vm.clone(),
+                session: open.session.clone(),
+            }));
+        }
+        ClientFrame::Publish { topic, payload, id } => match topic::check(&topic) {
+            Ok(()) => effects.push(Effect::Publish { topic, payload, id }),
+            Err(reason) => effects.push(Effect::Send(BrokerFrame::ack_error(
+                AckKind::Publish,
+                reason,
+                id,
+            ))),
+        },
+        ClientFrame::Subscribe { topic } => {
+            let verdict = topic::check_subscribe(&topic, &open.vm).and_then(|()| {
+                let full = open.subscriptions.len() >= topic::MAX_SUBSCRIPTIONS;
+                if full && !open.subscriptions.contains(&topic) {
+                    Err(Reason::TooManySubscriptions)
+                } else {
+                    Ok(())
+                }
+            });
+            match verdict {
+                Err(reason) => effects.push(Effect::Send(BrokerFrame::ack_error(
+                    AckKind::Subscribe,
+                    reason,
+                    None,
+                ))),
+                Ok(()) => {
+                    if open.subscriptions.insert(topic.clone()) {
+                        effects.push(Effect::Subscribe(topic));
+                        effects.push(subscriptions(open));
+                    }
+                    effects.push(Effect::Send(BrokerFrame::ack_ok(AckKind::Subscribe)));
+                }
+            }
+        }
+        ClientFrame::Unsubscribe { topic } => match topic::check(&topic) {
+            Err(reason) => effects.push(Effect::Send(BrokerFrame::ack_error(
+                AckKind::Unsubscribe,
+                reason,
+                None,
+            ))),
+            Ok(()) => {
+                // Unsubscribing from a topic not subscribed is a no-op, acked ok.
+                if open.subscriptions.remove(&topic) {
+                    effects.push(Effect::Unsubscribe(topic));
+                    effects.push(subscriptions(open));
+                }
+                effects.push(Effect::Send(BrokerFrame::ack_ok(AckKind::Unsubscribe)));
+            }
+        },
+        ClientFrame::Ack { seq } => {
+            open.acked_seq = Some(open.acked_seq.map_or(seq, |a| a.max(seq)));
         }
     }
+}
+
+fn subscriptions(open: &Open) -> Effect {
+    Effect::Record(Record::Subscriptions {
+        vm: open.vm.clone(),
+        session: open.session.clone(),
+        count: open.subscriptions.len() as u32,
+    })
+}
+
+fn decision(open: &Open, reason: Reason) -> Effect {
+    Effect::Record(Record::Decision {
+        vm: open.vm.clone(),
+        session: open.session.clone(),
+        reason,
+        action: Action::Disconnect,
+        attempt: 0,
+    })
+}
+
+/// End an open session: its subscriptions are cleared, then it is recorded
+/// closed and the connection closes.
+fn close(mut open: Open, reason: Reason, mut effects: Vec<Effect>) -> (State, Vec<Effect>) {
+    if !open.subscriptions.is_empty() {
+        for topic in std::mem::take(&mut open.subscriptions) {
+            effects.push(Effect::Unsubscribe(topic));
+        }
+        effects.push(subscriptions(&open));
+    }
+    effects.push(Effect::Record(Record::Closed {
+        vm: open.vm,
+        session: open.session,
+        reason,
+    }));
+    effects.push(Effect::Close(reason));
+    (State::Closed { reason }, effects)
 }
 
 fn deny(vm: Option<String>, reason: Reason) -> (State, Vec<Effect>) {

@@ -28,6 +28,8 @@ fn transcript(config: SessionConfig, steps: Vec<Step<'_>>) -> String {
             Input::Tick => "tick".into(),
             Input::PeerGone(r) => format!("peer-gone {r}"),
             Input::Shutdown => "shutdown".into(),
+            Input::Committed { id, result } => format!("committed id={id:?} {result:?}"),
+            Input::Evict(r) => format!("evict {r}"),
         };
         out.push_str(&format!("> @{now} {shown}\n"));
         for e in s.on_input(now, input, &registry) {
@@ -35,6 +37,11 @@ fn transcript(config: SessionConfig, steps: Vec<Step<'_>>) -> String {
                 Effect::Reply(r) => format!("reply {:?}", r.to_line()),
                 Effect::Send(f) => format!("send {}", serde_json::to_string(&f).unwrap()),
                 Effect::Record(r) => format!("record {r:?}"),
+                Effect::Publish { topic, payload, id } => {
+                    format!("publish topic={topic:?} payload={payload} id={id:?}")
+                }
+                Effect::Subscribe(t) => format!("hub subscribe {t:?}"),
+                Effect::Unsubscribe(t) => format!("hub unsubscribe {t:?}"),
                 Effect::Close(r) => format!("close {r}"),
             };
             out.push_str(&format!("< {line}\n"));
@@ -77,6 +84,7 @@ fn granted_session_heartbeats_then_times_out() {
         > @19999 tick
         > @20000 tick
         < send {"type":"bye","reason":"heartbeat_timeout"}
+        < record Decision { vm: "web", session: "s1", reason: HeartbeatTimeout, action: Disconnect, attempt: 0 }
         < record Closed { vm: "web", session: "s1", reason: HeartbeatTimeout }
         < close heartbeat_timeout
         > @20001 frame {"type":"heartbeat"}
@@ -84,33 +92,188 @@ fn granted_session_heartbeats_then_times_out() {
         "#);
 }
 
+fn frame(f: ClientFrame) -> Input<'static> {
+    Input::Frame(Ok(f))
+}
+
+fn sub(topic: &str) -> Input<'static> {
+    frame(ClientFrame::Subscribe {
+        topic: topic.into(),
+    })
+}
+
 #[test]
-fn bus_frames_of_issue_4_are_unsupported_but_keep_the_session() {
+fn publish_is_acked_only_when_committed() {
     insta::assert_snapshot!(transcript(cfg(), vec![
         (0, Input::Line(b"hello vm:web capabilities=bus-v1 token=s3cret")),
-        (1, Input::Frame(Ok(ClientFrame::Publish { topic: "t".into(), payload: json!({"x": 1}), id: Some(json!("p1")) }))),
-        (2, Input::Frame(Ok(ClientFrame::Subscribe { topic: "broadcast".into() }))),
-        (3, Input::Frame(Ok(ClientFrame::Unsubscribe { topic: "broadcast".into() }))),
-        (4, Input::Frame(Ok(ClientFrame::Ack { seq: 1 }))),
-        (5, Input::Line(b"hello again")),
-        (6, Input::Shutdown),
+        (1, frame(ClientFrame::Publish { topic: "jobs".into(), payload: json!({"x": 1}), id: Some(json!("p1")) })),
+        (2, frame(ClientFrame::Publish { topic: "".into(), payload: json!(null), id: Some(json!(2)) })),
+        (3, frame(ClientFrame::Publish { topic: "vm:db".into(), payload: json!("hi"), id: None })),
+        (4, Input::Committed { id: Some(json!("p1")), result: Ok(41) }),
+        (5, Input::Committed { id: None, result: Err(Reason::StorageError) }),
+        (6, Input::Line(b"hello again")),
+        (7, Input::Shutdown),
     ]), @r#"
         > @0 line "hello vm:web capabilities=bus-v1 token=s3cret"
         < reply "ok session=s1"
         < record Granted { vm: "web", session: Some("s1"), capabilities: ["bus-v1"] }
-        > @1 frame {"type":"publish","topic":"t","payload":{"x":1},"id":"p1"}
-        < send {"type":"ack","ack":"publish","status":"error","id":"p1","reason":"unsupported"}
-        > @2 frame {"type":"subscribe","topic":"broadcast"}
-        < send {"type":"ack","ack":"subscribe","status":"error","reason":"unsupported"}
-        > @3 frame {"type":"unsubscribe","topic":"broadcast"}
-        < send {"type":"ack","ack":"unsubscribe","status":"error","reason":"unsupported"}
-        > @4 frame {"type":"ack","seq":1}
-        > @5 line "hello again"
-        > @6 shutdown
+        > @1 frame {"type":"publish","topic":"jobs","payload":{"x":1},"id":"p1"}
+        < publish topic="jobs" payload={"x":1} id=Some(String("p1"))
+        > @2 frame {"type":"publish","topic":"","payload":null,"id":2}
+        < send {"type":"ack","ack":"publish","status":"error","id":2,"reason":"invalid_topic"}
+        > @3 frame {"type":"publish","topic":"vm:db","payload":"hi"}
+        < publish topic="vm:db" payload="hi" id=None
+        > @4 committed id=Some(String("p1")) Ok(41)
+        < send {"type":"ack","ack":"publish","status":"ok","seq":41,"id":"p1"}
+        < record Published { vm: Some("web"), seq: 41 }
+        > @5 committed id=None Err(StorageError)
+        < send {"type":"ack","ack":"publish","status":"error","reason":"storage_error"}
+        > @6 line "hello again"
+        > @7 shutdown
         < send {"type":"bye","reason":"shutdown"}
         < record Closed { vm: "web", session: "s1", reason: Shutdown }
         < close shutdown
         = Closed { reason: Shutdown } terminal=true deadline=None
+        "#);
+}
+
+#[test]
+fn subscriptions_are_owned_and_cleared_on_every_close() {
+    let hello = || Input::Line(b"hello vm:web capabilities=bus-v1 token=s3cret");
+    let mut out = transcript(
+        cfg(),
+        vec![
+            (0, hello()),
+            (1, sub("broadcast")),
+            (2, sub("broadcast")),
+            (3, sub("vm:web")),
+            (4, sub("vm:db")),
+            (5, sub("bad\ttopic")),
+            (
+                6,
+                frame(ClientFrame::Unsubscribe {
+                    topic: "never".into(),
+                }),
+            ),
+            (
+                7,
+                frame(ClientFrame::Unsubscribe {
+                    topic: "broadcast".into(),
+                }),
+            ),
+            (8, frame(ClientFrame::Ack { seq: 7 })),
+            (9, frame(ClientFrame::Ack { seq: 3 })),
+            (20_000, Input::Tick),
+            (24_000, Input::Tick),
+        ],
+    );
+    out.push('\n');
+    out.push_str(&transcript(
+        cfg(),
+        vec![
+            (0, hello()),
+            (1, sub("jobs")),
+            (2, Input::Evict(Reason::SlowConsumer)),
+        ],
+    ));
+    out.push('\n');
+    out.push_str(&transcript(
+        cfg(),
+        vec![
+            (0, hello()),
+            (1, sub("jobs")),
+            (2, Input::PeerGone(Reason::PeerClosed)),
+        ],
+    ));
+    insta::assert_snapshot!(out, @r#"
+        > @0 line "hello vm:web capabilities=bus-v1 token=s3cret"
+        < reply "ok session=s1"
+        < record Granted { vm: "web", session: Some("s1"), capabilities: ["bus-v1"] }
+        > @1 frame {"type":"subscribe","topic":"broadcast"}
+        < hub subscribe "broadcast"
+        < record Subscriptions { vm: "web", session: "s1", count: 1 }
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @2 frame {"type":"subscribe","topic":"broadcast"}
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @3 frame {"type":"subscribe","topic":"vm:web"}
+        < hub subscribe "vm:web"
+        < record Subscriptions { vm: "web", session: "s1", count: 2 }
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @4 frame {"type":"subscribe","topic":"vm:db"}
+        < send {"type":"ack","ack":"subscribe","status":"error","reason":"forbidden_topic"}
+        > @5 frame {"type":"subscribe","topic":"bad\ttopic"}
+        < send {"type":"ack","ack":"subscribe","status":"error","reason":"invalid_topic"}
+        > @6 frame {"type":"unsubscribe","topic":"never"}
+        < send {"type":"ack","ack":"unsubscribe","status":"ok"}
+        > @7 frame {"type":"unsubscribe","topic":"broadcast"}
+        < hub unsubscribe "broadcast"
+        < record Subscriptions { vm: "web", session: "s1", count: 1 }
+        < send {"type":"ack","ack":"unsubscribe","status":"ok"}
+        > @8 frame {"type":"ack","seq":7}
+        > @9 frame {"type":"ack","seq":3}
+        > @20000 tick
+        < send {"type":"bye","reason":"heartbeat_timeout"}
+        < record Decision { vm: "web", session: "s1", reason: HeartbeatTimeout, action: Disconnect, attempt: 0 }
+        < hub unsubscribe "vm:web"
+        < record Subscriptions { vm: "web", session: "s1", count: 0 }
+        < record Closed { vm: "web", session: "s1", reason: HeartbeatTimeout }
+        < close heartbeat_timeout
+        > @24000 tick
+        = Closed { reason: HeartbeatTimeout } terminal=true deadline=None
+
+        > @0 line "hello vm:web capabilities=bus-v1 token=s3cret"
+        < reply "ok session=s1"
+        < record Granted { vm: "web", session: Some("s1"), capabilities: ["bus-v1"] }
+        > @1 frame {"type":"subscribe","topic":"jobs"}
+        < hub subscribe "jobs"
+        < record Subscriptions { vm: "web", session: "s1", count: 1 }
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @2 evict slow_consumer
+        < send {"type":"bye","reason":"slow_consumer"}
+        < hub unsubscribe "jobs"
+        < record Subscriptions { vm: "web", session: "s1", count: 0 }
+        < record Closed { vm: "web", session: "s1", reason: SlowConsumer }
+        < close slow_consumer
+        = Closed { reason: SlowConsumer } terminal=true deadline=None
+
+        > @0 line "hello vm:web capabilities=bus-v1 token=s3cret"
+        < reply "ok session=s1"
+        < record Granted { vm: "web", session: Some("s1"), capabilities: ["bus-v1"] }
+        > @1 frame {"type":"subscribe","topic":"jobs"}
+        < hub subscribe "jobs"
+        < record Subscriptions { vm: "web", session: "s1", count: 1 }
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @2 peer-gone peer_closed
+        < hub unsubscribe "jobs"
+        < record Subscriptions { vm: "web", session: "s1", count: 0 }
+        < record Closed { vm: "web", session: "s1", reason: PeerClosed }
+        < close peer_closed
+        = Closed { reason: PeerClosed } terminal=true deadline=None
+        "#);
+}
+
+#[test]
+fn subscription_cap() {
+    let mut steps = vec![(
+        0,
+        Input::Line(&b"hello vm:web capabilities=bus-v1 token=s3cret"[..]),
+    )];
+    let topics: Vec<String> = (0..=crate::broker::topic::MAX_SUBSCRIPTIONS)
+        .map(|i| format!("t{i}"))
+        .collect();
+    for t in &topics {
+        steps.push((1, sub(t)));
+    }
+    steps.push((2, sub("t0")));
+    let out = transcript(cfg(), steps);
+    let lines: Vec<&str> = out.lines().collect();
+    insta::assert_snapshot!(lines[lines.len() - 6..].join("\n"), @r#"
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @1 frame {"type":"subscribe","topic":"t64"}
+        < send {"type":"ack","ack":"subscribe","status":"error","reason":"too_many_subscriptions"}
+        > @2 frame {"type":"subscribe","topic":"t0"}
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        = Open(Open { vm: "web", session: "s1", last_heard_ms: 2, subscriptions: {"t0", "t1", "t10", "t11", "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t2", "t20", "t21", "t22", "t23", "t24", "t25", "t26", "t27", "t28", "t29", "t3", "t30", "t31", "t32", "t33", "t34", "t35", "t36", "t37", "t38", "t39", "t4", "t40", "t41", "t42", "t43", "t44", "t45", "t46", "t47", "t48", "t49", "t5", "t50", "t51", "t52", "t53", "t54", "t55", "t56", "t57", "t58", "t59", "t6", "t60", "t61", "t62", "t63", "t7", "t8", "t9"}, acked_seq: None }) terminal=false deadline=Some(15002)
         "#);
 }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::reason::Reason;
-use super::session::{HEARTBEAT_INTERVAL_MS, Record};
+use super::session::{Action, HEARTBEAT_INTERVAL_MS, Record};
 
 /// Format version of state.json.
 pub const STATE_VERSION: u32 = 1;
@@ -47,6 +47,21 @@ pub struct VmEntry {
     /// Open session ids in the order they were granted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_sessions: Vec<String>,
+    /// Whether any open session of this VM holds a bus subscription.
+    #[serde(default)]
+    pub bus_subscribed: bool,
+    /// Latest durable publish from this VM (unix ms).
+    #[serde(default)]
+    pub last_publish_ms: Option<u64>,
+    /// Durable publishes from this VM since the state root was created.
+    #[serde(default)]
+    pub publishes: u64,
+    /// Sessions of this VM the broker cut off as slow consumers.
+    #[serde(default)]
+    pub slow_consumer_disconnects: u64,
+    /// Subscription count per open session (sessions with none are absent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub session_subscriptions: BTreeMap<String, u32>,
 }
 
 /// The whole snapshot.
@@ -70,6 +85,18 @@ pub struct BrokerSnapshot {
     pub denied_malformed: u64,
     /// Connections that sent no hello in time.
     pub hello_timeouts: u64,
+    /// Latest durable publish from the host (`castra bus publish`), unix ms.
+    #[serde(default)]
+    pub host_last_publish_ms: Option<u64>,
+    /// Sequence number of the latest durable publish.
+    #[serde(default)]
+    pub bus_last_seq: Option<u64>,
+    /// Deliveries dropped because a subscriber's queue was full (ron-bus name).
+    #[serde(default)]
+    pub bus_overflow_dropped_total: u64,
+    /// Frames waiting in every session's outbound queue, at the latest sample.
+    #[serde(default)]
+    pub bus_queue_depth: u64,
     pub vms: BTreeMap<String, VmEntry>,
 }
 
@@ -85,11 +112,17 @@ impl BrokerSnapshot {
     ) -> Self {
         let mut vms = BTreeMap::new();
         let (mut unknown, mut last_unknown, mut malformed, mut timeouts) = (0, None, 0, 0);
+        let (mut host_publish, mut last_seq, mut dropped) = (None, None, 0);
         if let Some(prev) = previous {
+            host_publish = prev.host_last_publish_ms;
+            last_seq = prev.bus_last_seq;
+            dropped = prev.bus_overflow_dropped_total;
             for (name, mut entry) in prev.vms {
                 entry.session = None;
                 entry.sessions = 0;
                 entry.open_sessions.clear();
+                entry.session_subscriptions.clear();
+                entry.bus_subscribed = false;
                 vms.insert(name, entry);
             }
             unknown = prev.denied_unknown_vm;
@@ -111,6 +144,10 @@ impl BrokerSnapshot {
             last_unknown_vm: last_unknown,
             denied_malformed: malformed,
             hello_timeouts: timeouts,
+            host_last_publish_ms: host_publish,
+            bus_last_seq: last_seq,
+            bus_overflow_dropped_total: dropped,
+            bus_queue_depth: 0,
             vms,
         }
     }
@@ -148,9 +185,46 @@ impl BrokerSnapshot {
             Record::Closed { vm, session, .. } => {
                 let e = self.vms.entry(vm.clone()).or_default();
                 e.open_sessions.retain(|s| s != session);
+                e.session_subscriptions.remove(session);
                 e.refresh();
             }
+            Record::Subscriptions { vm, session, count } => {
+                let e = self.vms.entry(vm.clone()).or_default();
+                if *count == 0 {
+                    e.session_subscriptions.remove(session);
+                } else {
+                    e.session_subscriptions.insert(session.clone(), *count);
+                }
+                e.refresh();
+            }
+            Record::Published { vm, seq } => {
+                self.bus_last_seq = Some(self.bus_last_seq.map_or(*seq, |s| s.max(*seq)));
+                match vm {
+                    Some(vm) => {
+                        let e = self.vms.entry(vm.clone()).or_default();
+                        e.last_publish_ms = Some(now_ms);
+                        e.publishes += 1;
+                    }
+                    None => self.host_last_publish_ms = Some(now_ms),
+                }
+            }
+            Record::Decision {
+                vm, reason, action, ..
+            } => {
+                if *reason == Reason::SlowConsumer && *action == Action::Disconnect {
+                    self.vms
+                        .entry(vm.clone())
+                        .or_default()
+                        .slow_consumer_disconnects += 1;
+                }
+            }
         }
+    }
+
+    /// Take the hub's latest counters.
+    pub fn set_bus_stats(&mut self, dropped_total: u64, queue_depth: u64) {
+        self.bus_overflow_dropped_total = dropped_total;
+        self.bus_queue_depth = queue_depth;
     }
 }
 
@@ -158,6 +232,7 @@ impl VmEntry {
     fn refresh(&mut self) {
         self.sessions = self.open_sessions.len() as u32;
         self.session = self.open_sessions.last().cloned();
+        self.bus_subscribed = !self.session_subscriptions.is_empty();
     }
 }
 
@@ -266,6 +341,31 @@ mod tests {
             1_800,
         );
         s.apply(&Record::HelloTimeout, 1_900);
+        let subs = |count| Record::Subscriptions {
+            vm: "web".into(),
+            session: "a".into(),
+            count,
+        };
+        s.apply(&subs(2), 2_000);
+        s.apply(
+            &Record::Published {
+                vm: Some("web".into()),
+                seq: 5,
+            },
+            2_100,
+        );
+        s.apply(&Record::Published { vm: None, seq: 6 }, 2_200);
+        s.apply(
+            &Record::Decision {
+                vm: "db".into(),
+                session: "c".into(),
+                reason: Reason::SlowConsumer,
+                action: Action::Disconnect,
+                attempt: 5,
+            },
+            2_300,
+        );
+        s.set_bus_stats(3, 17);
         insta::assert_snapshot!(serde_json::to_string_pretty(&s).unwrap(), @r#"
             {
               "version": 1,
@@ -281,6 +381,10 @@ mod tests {
               "last_unknown_vm": "ghost",
               "denied_malformed": 1,
               "hello_timeouts": 1,
+              "host_last_publish_ms": 2200,
+              "bus_last_seq": 6,
+              "bus_overflow_dropped_total": 3,
+              "bus_queue_depth": 17,
               "vms": {
                 "db": {
                   "last_handshake_ms": 1500,
@@ -290,7 +394,11 @@ mod tests {
                   "handshakes": 1,
                   "handshake_only": true,
                   "denials": 1,
-                  "last_denial": "bad_token"
+                  "last_denial": "bad_token",
+                  "bus_subscribed": false,
+                  "last_publish_ms": null,
+                  "publishes": 0,
+                  "slow_consumer_disconnects": 1
                 },
                 "web": {
                   "last_handshake_ms": 1200,
@@ -303,17 +411,34 @@ mod tests {
                   "last_denial": null,
                   "open_sessions": [
                     "a"
-                  ]
+                  ],
+                  "bus_subscribed": true,
+                  "last_publish_ms": 2100,
+                  "publishes": 1,
+                  "slow_consumer_disconnects": 0,
+                  "session_subscriptions": {
+                    "a": 2
+                  }
                 }
               }
             }
             "#);
+
+        s.apply(&subs(0), 2_400);
+        assert!(!s.vms["web"].bus_subscribed);
+        s.apply(&subs(1), 2_500);
+        assert!(s.vms["web"].bus_subscribed);
 
         // A restarted broker keeps history, not sessions.
         let restarted = BrokerSnapshot::starting(Some(s), 43, 7750, 15_000, 5_000);
         let web = &restarted.vms["web"];
         assert_eq!((web.sessions, web.session.as_deref()), (0, None));
         assert_eq!(web.last_heartbeat_ms, Some(1_300));
+        assert_eq!(
+            (web.bus_subscribed, web.last_publish_ms),
+            (false, Some(2_100))
+        );
+        assert_eq!(restarted.bus_last_seq, Some(6));
         assert_eq!(restarted.denied_unknown_vm, 1);
     }
 

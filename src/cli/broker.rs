@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::broker::{self, BrokerOptions};
-use crate::broker::{frame, server, session};
+use crate::broker::{frame, hub, server, session};
 use crate::config::DEFAULT_BROKER_PORT;
 
 #[derive(clap::Args, Debug)]
@@ -35,6 +35,15 @@ pub struct BrokerArgs {
     /// Let a handshake-only hello without a token mark its VM reachable.
     #[arg(long)]
     pub allow_tokenless_handshake: bool,
+    /// Capacity of each bus session's outbound queue, in frames.
+    #[arg(long, value_name = "FRAMES", default_value_t = hub::DEFAULT_QUEUE_FRAMES)]
+    pub bus_queue_frames: usize,
+    /// Retries of a full queue before `bye slow_consumer`.
+    #[arg(long, default_value_t = hub::DEFAULT_MAX_RETRIES)]
+    pub slow_consumer_retries: u32,
+    /// Time between those retries.
+    #[arg(long, value_name = "MS", default_value_t = hub::DEFAULT_RETRY_INTERVAL.as_millis() as u64)]
+    pub slow_consumer_retry_ms: u64,
 }
 
 pub fn run(args: &BrokerArgs) -> Result<ExitCode> {
@@ -44,6 +53,11 @@ pub fn run(args: &BrokerArgs) -> Result<ExitCode> {
     opts.session.allow_tokenless_handshake = args.allow_tokenless_handshake;
     opts.frame_limit = args.frame_limit;
     opts.max_connections = args.max_connections;
+    opts.hub = hub::HubConfig {
+        queue_frames: args.bus_queue_frames.max(1),
+        max_retries: args.slow_consumer_retries,
+        retry_interval: std::time::Duration::from_millis(args.slow_consumer_retry_ms.max(1)),
+    };
     broker::run(opts)?;
     Ok(ExitCode::SUCCESS)
 }

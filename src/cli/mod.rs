@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod broker;
+pub mod bus;
 mod clean;
 pub mod image;
 mod init;
@@ -73,6 +74,8 @@ enum Command {
     Clean(clean::CleanArgs),
     /// Build or locate the default guest image.
     Image(image::ImageArgs),
+    /// Publish to the bus (durable ack) or tail its log.
+    Bus(bus::BusArgs),
     /// Run the host broker in the foreground (started by `apply`; not for direct use).
     #[command(hide = true)]
     Broker(broker::BrokerArgs),
@@ -112,6 +115,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logs(args) => logs::run(args, &load_project(config)?),
         Command::Clean(args) => clean::run(args, &load_project(config)?),
         Command::Image(args) => image::run(args),
+        Command::Bus(args) => bus::run(args, &load_project(config)?),
         Command::Broker(args) => broker::run(args),
     }
 }
