@@ -69,12 +69,6 @@ rustPlatform.buildRustPackage {
     # Asserts that /bin/sh is a dynamic executable (true on Debian); the
     # Nix sandbox's /bin/sh is a static busybox.
     "--skip" "image::binary::tests::real_binaries_on_this_host"
-    # Spawn `sh -c "sleep 60" <marker>` and look for the marker in the
-    # child's command line; stdenv's sh is bash, which execs `sleep` in
-    # place and drops the marker (dash, Debian's sh, does not).
-    "--skip" "reconcile::observe::tests::a_qemu_without_record_is_broken_and_garbage_records_are_broken"
-    "--skip" "reconcile::observe::tests::deep_observe_calls_a_process_without_qmp_broken"
-    "--skip" "reconcile::observe::tests::live_recorded_process_is_running_then_stopped_when_killed"
   ];
 
   postInstall = lib.optionalString (!agentOnly) ''

@@ -10,4 +10,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # castra, the static guest agent and the default image the e2e tests boot.
 ./scripts/build.sh >/dev/null
+# Nix files: parse every one, evaluate what evaluates offline (docs/NIX.md).
+CASTRA_BIN="$PWD/target/debug/castra" ./scripts/check-nix.sh
 INSTA_UPDATE=no cargo test --all-targets -- --test-threads=2

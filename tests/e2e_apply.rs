@@ -216,6 +216,34 @@ fn apply_noop_drift_crash_freeze_down() {
     );
     assert!(stdout(&out).contains("castra-agent: "), "{}", stdout(&out));
 
+    // The bus, end to end: a host publish to vm:a reaches the agent subscribed
+    // in guest a (and only there); the agents' own publishes are durable and
+    // show up in `bus tail` and in status.
+    let out = p.castra(&["bus", "publish", "--topic", "vm:a", r#"{"ping":42}"#]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let seq = stdout(&out).trim().to_string();
+    let delivered = r#"topic=vm:a from=host payload={"ping":42}"#;
+    let t = Instant::now();
+    loop {
+        let log = stdout(&p.castra(&["logs", "a", "-n", "500"]));
+        if log.contains(delivered) {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "no delivery (seq {seq}) in a's console:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("host publish delivered in guest a within {:?}", t.elapsed());
+    let log_b = stdout(&p.castra(&["logs", "b", "-n", "500"]));
+    assert!(!log_b.contains(delivered), "b got a's message:\n{log_b}");
+    let tail = stdout(&p.castra(&["bus", "tail", "--vm", "a", "--json"]));
+    assert!(tail.contains(r#""topic":"castra.agent""#), "{tail}");
+    let s = p.json(&["status", "--json"]);
+    assert!(vm(&s, "a")["last_publish_age_ms"].is_u64(), "{s}");
+    assert_eq!(vm(&s, "a")["bus_subscribed"], true, "{s}");
+
     // A frozen broker does not slow status down either.
     let s = status_with_frozen(&p, broker_pid, "broker");
     assert_eq!(s["broker"]["state"], "running", "{s}");

@@ -1,5 +1,7 @@
 //! One connection of the guest agent, synchronous (std only): connect, read
-//! the greeting, send the hello, then keep the bus session alive with
+//! the greeting, send the hello, announce itself on [`AGENT_TOPIC`], subscribe
+//! to its own `vm:<name>` topic and `broadcast` (each delivered message is
+//! printed on the guest console and acked), then keep the session alive with
 //! heartbeats until it ends. Uses the broker's own wire code (hello lines,
 //! line reader, frames). Reconnecting is the caller's job.
 
@@ -11,6 +13,9 @@ use crate::broker::frame::{self, AckKind, BrokerFrame, ClientFrame, Decoder};
 use crate::broker::hello::{GREETING_PREFIX, Hello, MAX_HELLO_LINE, Reply};
 use crate::broker::line::{LinePush, LineReader};
 use crate::broker::reason::Reason;
+
+/// The topic the agent announces each new session on.
+pub const AGENT_TOPIC: &str = "castra.agent";
 
 /// How the agent reaches the broker.
 #[derive(Debug, Clone)]
@@ -40,6 +45,28 @@ pub fn run_once(target: &Target, on_open: &mut dyn FnMut(&str)) -> Ended {
         Err(ended) => return ended,
     };
     on_open(&session);
+    let vm = target.hello.vm.clone();
+    let opening = [
+        ClientFrame::Subscribe {
+            topic: format!("vm:{vm}"),
+        },
+        ClientFrame::Subscribe {
+            topic: "broadcast".into(),
+        },
+        ClientFrame::Publish {
+            topic: AGENT_TOPIC.into(),
+            payload: serde_json::json!({ "event": "connected", "vm": vm, "session": session }),
+            id: None,
+        },
+    ];
+    for f in &opening {
+        if let Err(e) = stream.write_all(&frame::encode(f)) {
+            return Ended::Lost {
+                session,
+                why: e.to_string(),
+            };
+        }
+    }
     let why = match heartbeat_loop(&mut stream, target.heartbeat_interval, &rest) {
         Ok(reason) => format!("bye {reason}"),
         Err(e) => e.to_string(),
@@ -131,11 +158,20 @@ fn heartbeat_loop(stream: &mut TcpStream, interval: Duration, first: &[u8]) -> i
                     ..
                 }) => last_ack = Instant::now(),
                 Ok(BrokerFrame::Bye { reason }) => return Ok(reason),
+                Ok(BrokerFrame::Message {
+                    seq,
+                    topic,
+                    from,
+                    payload,
+                    ..
+                }) => {
+                    eprintln!(
+                        "castra-agent: message seq={seq} topic={topic} from={from} payload={payload}"
+                    );
+                    stream.write_all(&frame::encode(&ClientFrame::Ack { seq }))?;
+                }
                 // Other acks, errors (a bye follows) and newer frame types: skip.
-                Ok(BrokerFrame::Ack { .. })
-                | Ok(BrokerFrame::Message { .. })
-                | Ok(BrokerFrame::Error { .. })
-                | Err(_) => {}
+                Ok(BrokerFrame::Ack { .. }) | Ok(BrokerFrame::Error { .. }) | Err(_) => {}
             }
         }
         pending.clear();

@@ -151,6 +151,10 @@ fn bad_name(what: &str, name: &Spanned<String>, why: &str) -> Problem {
     ))
 }
 
+/// VM names castra uses for itself: `host` is the sender of host publishes
+/// on the bus (`logs/bus/host.log`, `"from":"host"`).
+pub(crate) const RESERVED_VM_NAMES: &[&str] = &["host"];
+
 /// A user path from the config: not empty, no `~`.
 fn check_path(key: &str, p: &Spanned<String>) -> Result<PathBuf, Problem> {
     let text = p.get_ref();
@@ -202,6 +206,16 @@ fn vm_instances(
     let vm = vm.into_inner();
 
     let name = match &vm.name {
+        Some(n) if RESERVED_VM_NAMES.contains(&n.get_ref().as_str()) => {
+            problems.push(
+                Problem::new(
+                    format!("VM name \"{}\" is reserved", n.get_ref()),
+                    n.span(),
+                )
+                .help("the bus logs host publishes as \"host\"; pick another name, e.g. name = \"hostvm\""),
+            );
+            None
+        }
         Some(n) => match check_name(n.get_ref()) {
             Ok(()) => Some(n),
             Err(why) => {

@@ -223,12 +223,26 @@ mod tests {
     use crate::qemu::process::{ProcessIdentity, identity_of};
     use std::process::{Child, Command};
 
-    /// A real process whose command line carries `marker`, as QEMU's carries its QMP socket path.
+    /// A real process whose command line carries `marker`, as QEMU's carries
+    /// its QMP socket path. `; exit` keeps shells that exec their last
+    /// command (bash) from replacing themselves with `sleep`; the wait covers
+    /// the moment between fork and exec when /proc still shows our own argv.
     fn process_with_marker(marker: &str) -> Child {
-        Command::new("sh")
-            .args(["-c", "sleep 60", marker])
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 60; exit", marker])
             .spawn()
-            .unwrap()
+            .unwrap();
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        for _ in 0..500 {
+            let seen = std::fs::read(&cmdline).unwrap_or_default();
+            if String::from_utf8_lossy(&seen).contains(marker) {
+                return child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmdline} never showed the marker");
     }
 
     fn record(paths: &VmPaths, id: ProcessIdentity) -> LaunchRecord {

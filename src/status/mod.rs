@@ -72,6 +72,10 @@ pub struct VmStatus {
     pub last_heartbeat_age_ms: Option<u64>,
     /// Bus sessions the VM holds open now.
     pub sessions: u32,
+    /// Any of its open sessions subscribes to a topic.
+    pub bus_subscribed: bool,
+    /// Milliseconds since the VM's latest durable publish (null: never).
+    pub last_publish_age_ms: Option<u64>,
 }
 
 /// Collect status without blocking on anything.
@@ -166,5 +170,7 @@ fn vm_status(o: &ObservedVm, declared: Option<&VmSpec>, guests: &Guests) -> VmSt
         last_handshake_age_ms: entry.and_then(|e| age_ms(e.last_handshake_ms, now_ms)),
         last_heartbeat_age_ms: entry.and_then(|e| age_ms(e.last_heartbeat_ms, now_ms)),
         sessions: entry.map(|e| e.sessions).unwrap_or(0),
+        bus_subscribed: guests.broker_up && entry.is_some_and(|e| e.bus_subscribed),
+        last_publish_age_ms: entry.and_then(|e| age_ms(e.last_publish_ms, now_ms)),
     }
 }

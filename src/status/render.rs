@@ -14,6 +14,9 @@ Columns:
   BROKER     reachable: the guest proved it is up (handshake or heartbeat with its
              per-launch token within the last 15 s); waiting: running but not (yet)
              heard from; offline: the project's broker is not running; -: VM stopped
+  BUS        subscribed: a bus session of the VM subscribes to a topic; open: it holds a
+             bus session without subscriptions; -: no bus session
+  BUS AGE    time since the VM's latest durable publish on the bus (-: never)
   CPU/MEM    vCPUs and memory it runs with (or is declared with, when stopped)
   UPTIME     time since launch
   ACCEL      accelerator in use: kvm or tcg (software emulation)
@@ -24,7 +27,7 @@ JSON (`--json`), stable field names:
   broker: {state, pid, port, reason}
   vms[]: {name, state, reasons[], in_config, config_changed, pid, cpus, memory_bytes,
           uptime_s, accel, accel_reason, forwards[], reachable, last_handshake_age_ms,
-          last_heartbeat_age_ms, sessions}
+          last_heartbeat_age_ms, sessions, bus_subscribed, last_publish_age_ms}
   Absent values are null. Fields may be added; none is renamed without a version bump.
 
 Status never blocks: it reads launch records, the broker's state file and /proc
@@ -33,10 +36,12 @@ only, so it answers at once even when a QEMU or the broker is frozen. Exit code 
 /// Render the table.
 pub fn table(report: &StatusReport) -> String {
     let broker_up = report.broker.state == "running";
-    let mut rows: Vec<[String; 7]> = vec![[
+    let mut rows: Vec<[String; 9]> = vec![[
         "VM".into(),
         "STATE".into(),
         "BROKER".into(),
+        "BUS".into(),
+        "BUS AGE".into(),
         "CPU/MEM".into(),
         "UPTIME".into(),
         "ACCEL".into(),
@@ -60,10 +65,19 @@ pub fn table(report: &StatusReport) -> String {
             ("running", true, false) => "waiting".to_string(),
             _ => "-".to_string(),
         };
+        let bus = match (vm.bus_subscribed, vm.sessions) {
+            (true, _) => "subscribed",
+            (false, 0) => "-",
+            (false, _) => "open",
+        };
         rows.push([
             vm.name.clone(),
             state,
             guest,
+            bus.into(),
+            vm.last_publish_age_ms
+                .map(|ms| uptime(ms / 1000))
+                .unwrap_or_else(|| "-".into()),
             cpu_mem,
             vm.uptime_s.map(uptime).unwrap_or_else(|| "-".into()),
             vm.accel.clone().unwrap_or_else(|| "-".into()),
@@ -74,7 +88,7 @@ pub fn table(report: &StatusReport) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..9)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!(
@@ -138,6 +152,8 @@ mod tests {
             last_handshake_age_ms: None,
             last_heartbeat_age_ms: None,
             sessions: 0,
+            bus_subscribed: false,
+            last_publish_age_ms: None,
         }
     }
 
@@ -150,6 +166,9 @@ mod tests {
         web.forwards = vec!["127.0.0.1:8080->80/tcp".into()];
         web.config_changed = true;
         web.reachable = true;
+        web.sessions = 2;
+        web.bus_subscribed = true;
+        web.last_publish_age_ms = Some(4_200);
         let mut booting = vm("api", "running");
         booting.pid = Some(43);
         let mut old = vm("old", "running");
@@ -170,11 +189,11 @@ mod tests {
         };
         insta::assert_snapshot!(table(&report), @r#"
             project demo  broker running pid 77 (port 7750)
-            VM   STATE                         BROKER     CPU/MEM  UPTIME  ACCEL  FORWARDS
-            web  running*                      reachable  1/256M   2m05s   tcg    127.0.0.1:8080->80/tcp
-            api  running                       waiting    1/256M   -       -      -
-            db   stopped                       -          1/256M   -       -      -
-            old  running (not in castra.toml)  waiting    2/1G     -       -      -
+            VM   STATE                         BROKER     BUS         BUS AGE  CPU/MEM  UPTIME  ACCEL  FORWARDS
+            web  running*                      reachable  subscribed  4s       1/256M   2m05s   tcg    127.0.0.1:8080->80/tcp
+            api  running                       waiting    -           -        1/256M   -       -      -
+            db   stopped                       -          -           -        1/256M   -       -      -
+            old  running (not in castra.toml)  waiting    -           -        2/1G     -       -      -
             "#);
     }
 
