@@ -524,17 +524,22 @@ fn a_slow_consumer_is_cut_off_while_a_healthy_one_keeps_its_latency() {
     reader.join().unwrap();
     let cut_at = cut_at.unwrap();
 
-    // The slow consumer now reads: what was in flight, then bye slow_consumer, then EOF.
-    let mut last = Value::Null;
-    let mut frames = 0;
+    // The slow consumer now reads what was in flight, then the end of the
+    // session: `bye slow_consumer` when its socket had room for it, else just
+    // EOF (a consumer that never reads cannot be handed a last frame; the
+    // broker gives the bye about a second before closing). Either way no
+    // message arrives after the bye, and the decision is logged (below).
+    let mut frames = Vec::new();
     while let Ok(f) = slow.try_frame() {
-        frames += 1;
-        last = f;
+        frames.push(f);
     }
-    assert_eq!(
-        last,
-        json!({"type": "bye", "reason": "slow_consumer"}),
-        "after {frames} frames"
+    let bye = json!({"type": "bye", "reason": "slow_consumer"});
+    if let Some(i) = frames.iter().position(|f| *f == bye) {
+        assert_eq!(i, frames.len() - 1, "frames after the bye");
+    }
+    assert!(
+        frames.iter().all(|f| f["type"] == "message" || *f == bye),
+        "unexpected frame for the slow consumer"
     );
     let decisions: Vec<(String, String)> = broker
         .events()
