@@ -9,6 +9,7 @@
 //! types; nothing inside it does I/O beyond finding and reading the one
 //! config file: referenced kernels and disks are not checked here.
 
+mod bootstrap;
 mod diagnostic;
 mod discover;
 mod duration;
@@ -53,6 +54,10 @@ pub struct Project {
     pub vms: Vec<VmSpec>,
     pub broker: BrokerConfig,
     pub lifecycle: Lifecycle,
+    /// Bootstrap plans by VM instance name (replicas share their entry's plan).
+    /// Kept apart from [`VmSpec`] on purpose: changing a bootstrap never
+    /// restarts a VM, it only reruns the bootstrap.
+    pub bootstraps: std::collections::BTreeMap<String, BootstrapSpec>,
 }
 
 /// Everything that defines how one VM instance is launched.
@@ -265,6 +270,88 @@ pub struct Lifecycle {
     /// After SIGTERM, before SIGKILL.
     pub sigterm_wait: Duration,
 }
+
+/// What runs in a guest after it is up (`bootstrap = { ... }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapSpec {
+    pub kind: BootstrapKind,
+    pub mode: BootstrapMode,
+    /// Environment for the command (sorted, so fingerprints are stable).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Keys of `env` whose values are secret: `secret_env`, plus every key
+    /// ending in `_TOKEN`, `_SECRET`, `_PASSWORD` or `_KEY`.
+    pub secret_env: std::collections::BTreeSet<String>,
+    /// How long one run may take (the guest kills it after that).
+    pub timeout: Duration,
+}
+
+/// The one thing a bootstrap runs; the agent runs each with `/bin/sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapKind {
+    /// `script = "setup.sh"`: a host file (absolute path), sent as text.
+    Script { path: PathBuf },
+    /// `run = "apk add nginx"`: an inline shell command.
+    Run { command: String },
+    /// `flake = "<ref>"`: `nix run <ref>`.
+    Flake { reference: String },
+    /// `nixos = "<flake>#<host>"`: `nixos-rebuild switch --flake <ref>`.
+    Nixos { reference: String },
+}
+
+impl BootstrapKind {
+    pub fn word(&self) -> &'static str {
+        match self {
+            BootstrapKind::Script { .. } => "script",
+            BootstrapKind::Run { .. } => "run",
+            BootstrapKind::Flake { .. } => "flake",
+            BootstrapKind::Nixos { .. } => "nixos",
+        }
+    }
+}
+
+/// When a bootstrap runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootstrapMode {
+    /// Never.
+    Skip,
+    /// Once per (VM launch, plan fingerprint), and again after a failure.
+    Auto,
+    /// On every apply.
+    Always,
+}
+
+impl BootstrapMode {
+    pub const ALL: [BootstrapMode; 3] = [
+        BootstrapMode::Skip,
+        BootstrapMode::Auto,
+        BootstrapMode::Always,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootstrapMode::Skip => "skip",
+            BootstrapMode::Auto => "auto",
+            BootstrapMode::Always => "always",
+        }
+    }
+}
+
+impl std::fmt::Display for BootstrapMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BootstrapMode {
+    type Err = ParseChoiceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_choice("bootstrap mode", s, &BootstrapMode::ALL, |m| m.as_str())
+    }
+}
+
+/// Env keys with these endings are secret without being listed.
+pub const SECRET_SUFFIXES: [&str; 4] = ["_TOKEN", "_SECRET", "_PASSWORD", "_KEY"];
+pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub const DEFAULT_BROKER_PORT: u16 = 7750;
 pub const DEFAULT_POWERDOWN_WAIT: Duration = Duration::from_secs(20);

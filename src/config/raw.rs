@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub vms: Vec<Spanned<RawVm>>,
     pub broker: Option<Spanned<RawBroker>>,
     pub lifecycle: Option<Spanned<RawLifecycle>>,
+    pub bootstrap: Option<Spanned<RawBootstrap>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,22 @@ pub(crate) struct RawVm {
     pub accel: Option<Spanned<String>>,
     pub forwards: Option<Vec<Spanned<String>>>,
     pub count: Option<Spanned<i64>>,
+    pub bootstrap: Option<Spanned<RawBootstrap>>,
+}
+
+/// `bootstrap = { run = "...", mode = "auto", env = { K = "v" } }` in a VM,
+/// or `[bootstrap]` as the project default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBootstrap {
+    pub script: Option<Spanned<String>>,
+    pub run: Option<Spanned<String>>,
+    pub flake: Option<Spanned<String>>,
+    pub nixos: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub env: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub secret_env: Option<Vec<Spanned<String>>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `memory = "512M"` or `memory = 512` (MiB).

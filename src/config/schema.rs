@@ -19,6 +19,8 @@ enum Kind {
     /// A string with a unit or an integer (MiB).
     Size,
     StrArray,
+    /// A table of any keys whose values are strings (`env = { K = "v" }`).
+    StrMap,
     /// `"default"` or a table with [`IMAGE`]'s keys.
     Image,
     Table(&'static Section),
@@ -49,6 +51,7 @@ static ROOT: Section = Section {
         field("vms", Kind::Tables(&VMS), "[[vms]]"),
         field("broker", Kind::Table(&BROKER), "[broker]"),
         field("lifecycle", Kind::Table(&LIFECYCLE), "[lifecycle]"),
+        field("bootstrap", Kind::Table(&BOOTSTRAP), "[bootstrap]"),
     ],
 };
 
@@ -71,6 +74,25 @@ static VMS: Section = Section {
         field("accel", Kind::Str, "accel = \"auto\""),
         field("forwards", Kind::StrArray, "forwards = [\"8080:80\"]"),
         field("count", Kind::Int, "count = 3"),
+        field(
+            "bootstrap",
+            Kind::Table(&BOOTSTRAP),
+            "bootstrap = { run = \"echo hi\" }",
+        ),
+    ],
+};
+
+static BOOTSTRAP: Section = Section {
+    title: "bootstrap",
+    fields: &[
+        field("script", Kind::Str, "script = \"setup.sh\""),
+        field("run", Kind::Str, "run = \"echo hi\""),
+        field("flake", Kind::Str, "flake = \"./guest#setup\""),
+        field("nixos", Kind::Str, "nixos = \"./guest#web\""),
+        field("mode", Kind::Str, "mode = \"auto\""),
+        field("env", Kind::StrMap, "env = { GREETING = \"hi\" }"),
+        field("secret_env", Kind::StrArray, "secret_env = [\"API_KEY\"]"),
+        field("timeout", Kind::Str, "timeout = \"10m\""),
     ],
 };
 
@@ -152,7 +174,7 @@ fn unknown_key(
         }
         Some(best) => format!("did you mean \"{best}\"?"),
         None => {
-            let homes: Vec<&str> = [&PROJECT, &VMS, &BROKER, &LIFECYCLE]
+            let homes: Vec<&str> = [&PROJECT, &VMS, &BROKER, &LIFECYCLE, &BOOTSTRAP]
                 .into_iter()
                 .filter(|s| at_root && s.fields.iter().any(|f| f.key == name))
                 .map(|s| s.title)
@@ -225,6 +247,25 @@ fn check_value(value: &Spanned<DeValue<'_>>, f: &Field, section: &Section, out: 
                 }
             }
             None => out.push(wrong("an array of strings")),
+        },
+        Kind::StrMap => match v.as_table() {
+            Some(t) => {
+                for (_, item) in t.iter().filter(|(_, i)| !i.get_ref().is_str()) {
+                    out.push(
+                        Problem::new(
+                            format!(
+                                "each value of \"{}\" in {} must be a string, found {}",
+                                f.key,
+                                section.title,
+                                article(item.get_ref())
+                            ),
+                            item.span(),
+                        )
+                        .help(format!("quote it: {}", f.example)),
+                    );
+                }
+            }
+            None => out.push(wrong("a table of strings")),
         },
         Kind::Image => match v.as_table() {
             Some(t) => check_table(t, &IMAGE, out),

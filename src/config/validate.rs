@@ -111,9 +111,33 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
         }
     }
 
+    let default_bootstrap = raw
+        .bootstrap
+        .map(|b| super::bootstrap::check(b, &origin.root_dir, &mut problems));
     let mut instances = Vec::new();
+    let mut bootstraps = std::collections::BTreeMap::new();
     for vm in raw.vms {
-        instances.extend(vm_instances(vm, origin, &mut problems));
+        let span = vm.span();
+        let mut inner = vm.into_inner();
+        let own = inner
+            .bootstrap
+            .take()
+            .map(|b| super::bootstrap::check(b, &origin.root_dir, &mut problems));
+        let base = inner.name.as_ref().map(|n| n.get_ref().clone());
+        let made = vm_instances(Spanned::new(span, inner), origin, &mut problems);
+        if let Some(base) = base {
+            if let Some(spec) = super::bootstrap::merge(
+                &base,
+                default_bootstrap.as_ref(),
+                own.as_ref(),
+                &mut problems,
+            ) {
+                for inst in &made {
+                    bootstraps.insert(inst.spec.name.clone(), spec.clone());
+                }
+            }
+        }
+        instances.extend(made);
     }
     check_unique_names(&instances, origin.text, &mut problems);
     check_forwards(&instances, broker.port, origin.text, &mut problems);
@@ -130,6 +154,7 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
         vms: instances.into_iter().map(|i| i.spec).collect(),
         broker,
         lifecycle,
+        bootstraps,
     })
 }
 
