@@ -58,6 +58,28 @@ pub enum Event {
     BrokerStopped,
     /// `apply --watch` noticed something and reconciles again.
     WatchTriggered { cause: String },
+    /// apply will run this VM's bootstrap (`why`: the mode decision).
+    BootstrapPlanned {
+        vm: String,
+        run: String,
+        why: String,
+    },
+    /// The request went to the guest.
+    BootstrapStarted { vm: String, run: String },
+    /// The guest ran it: exit code 0.
+    BootstrapCompleted {
+        vm: String,
+        run: String,
+        #[serde(rename = "elapsed_ms")]
+        elapsed: u64,
+    },
+    /// It failed, timed out or could not be delivered; `log` has the output.
+    BootstrapFailed {
+        vm: String,
+        run: String,
+        error: String,
+        log: String,
+    },
 }
 
 impl Event {
@@ -94,6 +116,16 @@ impl Event {
             Event::BrokerFailed { error } => format!("broker: failed to start: {error}"),
             Event::BrokerStopped => "broker: stopped".into(),
             Event::WatchTriggered { cause } => format!("watch: {cause}; reconciling"),
+            Event::BootstrapPlanned { vm, why, .. } => format!("{vm}: bootstrap planned ({why})"),
+            Event::BootstrapStarted { vm, run } => {
+                format!("{vm}: bootstrap {run} sent to the guest")
+            }
+            Event::BootstrapCompleted { vm, elapsed, .. } => {
+                format!("{vm}: bootstrap ok in {}", fmt_ms(*elapsed))
+            }
+            Event::BootstrapFailed { vm, error, log, .. } => {
+                format!("{vm}: bootstrap FAILED: {error} (log: {log})")
+            }
         }
     }
 }
@@ -154,6 +186,14 @@ impl Reporter {
     /// A reporter that only records to the events file.
     pub fn quiet(file: Option<PathBuf>) -> Self {
         Reporter::new(file, false, false)
+    }
+
+    /// A progress line for people only (stderr, unless quiet); not an event.
+    pub fn progress(&self, line: &str) {
+        if self.human {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("{line}");
+        }
     }
 
     pub fn emit(&self, event: Event) {

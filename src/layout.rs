@@ -22,6 +22,8 @@
 //!     overlay.qcow2                copy-on-write overlay (disk images only)
 //!     token                        the VM's secret (0600); its existence makes the VM
 //!                                  known to the broker; passed to QEMU by fw_cfg
+//!     bootstrap.json               the latest bootstrap run: state, fingerprint, launch
+//!     bootstrap/<run>.log          each bootstrap run's output (secrets masked)
 //! ```
 //!
 //! This module only computes paths; it creates nothing.
@@ -41,6 +43,8 @@ pub const SERIAL_LOG: &str = "serial.log";
 pub const QEMU_LOG: &str = "qemu.log";
 pub const OVERLAY: &str = "overlay.qcow2";
 pub const VM_TOKEN: &str = "token";
+pub const BOOTSTRAP_RECORD: &str = "bootstrap.json";
+pub const BOOTSTRAP_DIR: &str = "bootstrap";
 pub const BROKER_DIR: &str = "broker";
 pub const BROKER_PIDFILE: &str = "broker.pid";
 pub const BROKER_SOCKET: &str = "broker.sock";
@@ -138,5 +142,15 @@ impl VmPaths {
     }
     pub fn token(&self) -> PathBuf {
         self.dir.join(VM_TOKEN)
+    }
+    pub fn bootstrap_record(&self) -> PathBuf {
+        self.dir.join(BOOTSTRAP_RECORD)
+    }
+    pub fn bootstrap_dir(&self) -> PathBuf {
+        self.dir.join(BOOTSTRAP_DIR)
+    }
+    /// The log of one run, relative to the VM's directory.
+    pub fn bootstrap_log_rel(run: &str) -> String {
+        format!("{BOOTSTRAP_DIR}/{run}.log")
     }
 }

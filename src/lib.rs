@@ -5,6 +5,7 @@
 //! `docs/ARCHITECTURE.md` for the code map.
 
 pub mod agent;
+pub mod bootstrap;
 pub mod broker;
 pub mod clean;
 pub mod cli;

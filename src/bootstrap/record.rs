@@ -1,0 +1,128 @@
+//! The durable record of a VM's latest bootstrap (`vms/<vm>/bootstrap.json`)
+//! and its run logs (`vms/<vm>/bootstrap/<run>.log`). Written by apply,
+//! read by plan and status. Secret values never reach these files.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::BootstrapMode;
+
+/// A run's state as status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Requested and not finished (or apply died while waiting).
+    Running,
+    Ok,
+    Failed,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Ok => "ok",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// `bootstrap.json`: the latest run of one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapRecord {
+    pub run: String,
+    pub state: RunState,
+    /// Fingerprint of the plan it ran (kind, shell text, env).
+    pub fingerprint: String,
+    pub mode: BootstrapMode,
+    pub kind: String,
+    /// `launched_at_ms` of the VM launch it ran in.
+    pub launch_ms: u64,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    /// Why it failed, in words.
+    pub error: Option<String>,
+    /// The run log, relative to the VM's directory.
+    pub log: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a valid bootstrap record ({source}); delete it to run the bootstrap again"
+    )]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `Ok(None)` when the VM never bootstrapped.
+pub fn read(path: &Path) -> Result<Option<BootstrapRecord>, RecordError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| RecordError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RecordError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Write atomically (temp file + rename).
+pub fn write(path: &Path, record: &BootstrapRecord) -> Result<(), RecordError> {
+    let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
+    crate::broker::recorder::write_atomic(path, &bytes).map_err(|source| RecordError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reports_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.json");
+        assert_eq!(read(&path).unwrap(), None);
+        let r = BootstrapRecord {
+            run: "1-ab".into(),
+            state: RunState::Failed,
+            fingerprint: "ab".into(),
+            mode: BootstrapMode::Auto,
+            kind: "run".into(),
+            launch_ms: 5,
+            started_ms: 6,
+            finished_ms: Some(7),
+            exit_code: Some(1),
+            error: Some("exit code 1".into()),
+            log: "bootstrap/1-ab.log".into(),
+        };
+        write(&path, &r).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(r));
+        std::fs::write(&path, "{").unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("delete it to run the bootstrap again"), "{e}");
+    }
+}
