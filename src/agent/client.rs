@@ -1,8 +1,8 @@
 //! One connection of the guest agent, synchronous (std only): connect, read
 //! the greeting, send the hello, announce itself on [`AGENT_TOPIC`], subscribe
 //! to its own `vm:<name>` topic and `broadcast` (each delivered message is
-//! printed on the guest console and acked), then keep the session alive with
-//! heartbeats until it ends. Uses the broker's own wire code (hello lines,
+//! printed on the guest console, handed to `on_message` and acked), then keep
+//! the session alive with heartbeats until it ends. Uses the broker's own wire code (hello lines,
 //! line reader, frames). Reconnecting is the caller's job.
 
 use std::io::{self, Read, Write};
@@ -39,7 +39,12 @@ pub enum Ended {
 
 /// Connect and run one session; `on_open` is called with the session id
 /// once the broker grants it. Returns when the connection is over.
-pub fn run_once(target: &Target, on_open: &mut dyn FnMut(&str)) -> Ended {
+/// `on_message(topic, from, payload)` sees every delivered message.
+pub fn run_once(
+    target: &Target,
+    on_open: &mut dyn FnMut(&str),
+    on_message: &mut dyn FnMut(&str, &str, &serde_json::Value),
+) -> Ended {
     let (mut stream, session, rest) = match handshake(target) {
         Ok(open) => open,
         Err(ended) => return ended,
@@ -67,7 +72,7 @@ pub fn run_once(target: &Target, on_open: &mut dyn FnMut(&str)) -> Ended {
             };
         }
     }
-    let why = match heartbeat_loop(&mut stream, target.heartbeat_interval, &rest) {
+    let why = match heartbeat_loop(&mut stream, target.heartbeat_interval, &rest, on_message) {
         Ok(reason) => format!("bye {reason}"),
         Err(e) => e.to_string(),
     };
@@ -114,6 +119,15 @@ pub fn handshake(target: &Target) -> Result<(TcpStream, String, Vec<u8>), Ended>
     }
 }
 
+/// A payload for the console: bootstrap requests are long and may carry
+/// sealed secrets, so only their run id is shown.
+fn shown(payload: &serde_json::Value) -> String {
+    match crate::bootstrap::wire::parse_request(payload) {
+        Some(req) => format!("{{\"bootstrap\":{{\"run\":\"{}\",..}}}}", req.run),
+        None => payload.to_string(),
+    }
+}
+
 /// Read one line (bounded); returns it and the bytes after it.
 fn read_line(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut reader = LineReader::new(MAX_HELLO_LINE);
@@ -138,7 +152,12 @@ fn read_line(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
 
 /// Heartbeat every `interval`; returns the broker's bye reason, or the error
 /// that ended the session (EOF, no ack for 3 intervals, bad frame).
-fn heartbeat_loop(stream: &mut TcpStream, interval: Duration, first: &[u8]) -> io::Result<Reason> {
+fn heartbeat_loop(
+    stream: &mut TcpStream,
+    interval: Duration,
+    first: &[u8],
+    on_message: &mut dyn FnMut(&str, &str, &serde_json::Value),
+) -> io::Result<Reason> {
     let heartbeat = frame::encode(&ClientFrame::Heartbeat);
     let mut decoder = Decoder::new(frame::DEFAULT_FRAME_LIMIT);
     let mut last_ack = Instant::now();
@@ -166,8 +185,10 @@ fn heartbeat_loop(stream: &mut TcpStream, interval: Duration, first: &[u8]) -> i
                     ..
                 }) => {
                     eprintln!(
-                        "castra-agent: message seq={seq} topic={topic} from={from} payload={payload}"
+                        "castra-agent: message seq={seq} topic={topic} from={from} payload={}",
+                        shown(&payload)
                     );
+                    on_message(&topic, &from, &payload);
                     stream.write_all(&frame::encode(&ClientFrame::Ack { seq }))?;
                 }
                 // Other acks, errors (a bye follows) and newer frame types: skip.

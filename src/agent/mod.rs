@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod boot;
+pub mod bootstrap;
 pub mod bus;
 pub mod client;
 
@@ -248,6 +249,7 @@ pub fn run(config: &AgentConfig) -> ExitCode {
         config.heartbeat_interval.as_millis()
     );
     let mut backoff = Backoff::default();
+    let bootstraps = bootstrap::Bootstraps::default();
     loop {
         let target = target(config);
         if target.hello.token.is_none() {
@@ -260,13 +262,19 @@ pub fn run(config: &AgentConfig) -> ExitCode {
             );
         }
         let mut opened = false;
-        let ended = client::run_once(&target, &mut |session| {
-            opened = true;
-            log.say(
-                &format!("connected {session}"),
-                &format!("connected session={session}"),
-            );
-        });
+        let ended = client::run_once(
+            &target,
+            &mut |session| {
+                opened = true;
+                log.say(
+                    &format!("connected {session}"),
+                    &format!("connected session={session}"),
+                );
+            },
+            &mut |topic, from, payload| {
+                bootstraps.handle(&target, topic, from, payload);
+            },
+        );
         if opened {
             backoff.reset();
         }

@@ -2,10 +2,13 @@
 //! what the reconcile layer computed and did.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
 
+use crate::bootstrap::decide::Pending;
+use crate::bootstrap::host::RunOutcome;
 use crate::config::Project;
 use crate::events::{Event, Reporter, fmt_ms};
 use crate::layout::StateLayout;
@@ -34,6 +37,14 @@ pub struct ApplyArgs {
     /// Print the outcome as JSON (events still go to <state_root>/events.jsonl).
     #[arg(long)]
     json: bool,
+    /// How long to wait for each bootstrap, e.g. `90s` or `10m` (default: its
+    /// `timeout` plus a minute). apply exits 1 when a bootstrap fails or times out.
+    #[arg(long, value_parser = parse_wait)]
+    bootstrap_timeout: Option<Duration>,
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,13 +57,14 @@ pub struct DownArgs {
 }
 
 pub fn plan(args: &PlanArgs, project: &Project) -> Result<ExitCode> {
-    let (plan, _, _) = reconcile::plan_only(project)?;
+    let (plan, _, observed) = reconcile::plan_only(project)?;
+    let pending = reconcile::bootstrap_plan(project, &plan, &observed);
     if args.json {
-        println!("{}", plan_json(&plan));
+        println!("{}", plan_json(&plan, &pending));
     } else {
-        println!("{plan}");
+        print_plan(&plan, &pending);
     }
-    Ok(if plan.is_empty() {
+    Ok(if plan.is_empty() && pending.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_CHANGES_PENDING)
@@ -61,11 +73,12 @@ pub fn plan(args: &PlanArgs, project: &Project) -> Result<ExitCode> {
 
 pub fn apply(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     if args.dry_run {
-        let (plan, _, _) = reconcile::plan_only(project)?;
+        let (plan, _, observed) = reconcile::plan_only(project)?;
+        let pending = reconcile::bootstrap_plan(project, &plan, &observed);
         if args.json {
-            println!("{}", plan_json(&plan));
+            println!("{}", plan_json(&plan, &pending));
         } else {
-            println!("{plan}");
+            print_plan(&plan, &pending);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -84,29 +97,71 @@ fn reporter(project: &Project, json: bool) -> Reporter {
 fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     let reporter = reporter(project, args.json);
     let json = args.json;
-    let outcome = reconcile::apply(project, &reporter, &mut |plan| {
-        if !json && !plan.is_empty() {
-            println!("{plan}");
-        }
-    })?;
+    let outcome = reconcile::apply(
+        project,
+        &reporter,
+        args.bootstrap_timeout,
+        &mut |plan, pending| {
+            if !json && !plan.is_empty() {
+                println!("{plan}");
+            }
+            if !json {
+                for p in pending {
+                    println!("{p}");
+                }
+            }
+        },
+    )?;
     if args.json {
         println!("{}", outcome_json(&outcome));
     } else {
         print_outcome(&outcome);
     }
-    Ok(if outcome.converged() {
+    Ok(if outcome.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_ERROR)
     })
 }
 
+fn print_plan(plan: &Plan, pending: &[Pending]) {
+    println!("{plan}");
+    for p in pending {
+        println!("{p}");
+    }
+}
+
 fn print_outcome(outcome: &ApplyOutcome) {
+    for b in &outcome.bootstraps {
+        if b.ok {
+            println!(
+                "bootstrap {}: ok in {}",
+                b.vm,
+                fmt_ms(b.elapsed.as_millis() as u64)
+            );
+        } else if b.log.as_os_str().is_empty() {
+            eprintln!("bootstrap {}: FAILED: {}", b.vm, b.detail);
+        } else {
+            eprintln!(
+                "bootstrap {}: FAILED: {} (log: {})",
+                b.vm,
+                b.detail,
+                b.log.display()
+            );
+        }
+    }
     if outcome.plan.is_empty() {
-        println!(
-            "nothing to do: {} VM(s) already as declared (no-op)",
-            outcome.plan.unchanged.len()
-        );
+        if outcome.bootstraps.is_empty() {
+            println!(
+                "nothing to do: {} VM(s) already as declared (no-op)",
+                outcome.plan.unchanged.len()
+            );
+        } else {
+            println!(
+                "no VM changes: {} VM(s) already as declared",
+                outcome.plan.unchanged.len()
+            );
+        }
         return;
     }
     for r in outcome.results.iter().filter(|r| !r.ok) {
@@ -194,9 +249,16 @@ pub fn down(args: &DownArgs, project: &Project) -> Result<ExitCode> {
     })
 }
 
-fn plan_json(plan: &Plan) -> serde_json::Value {
+fn plan_json(plan: &Plan, pending: &[Pending]) -> serde_json::Value {
     json!({
         "changes": !plan.is_empty(),
+        "bootstraps": pending.iter().map(|p| json!({
+            "vm": p.vm,
+            "kind": p.kind,
+            "reason": p.why.to_string(),
+            "fingerprint": p.fingerprint,
+            "text": p.to_string(),
+        })).collect::<Vec<_>>(),
         "steps": plan.steps.iter().map(|s| json!({
             "action": s.action(),
             "vm": s.vm(),
@@ -217,13 +279,26 @@ fn result_json(r: &StepResult) -> serde_json::Value {
     })
 }
 
+fn bootstrap_json(b: &RunOutcome) -> serde_json::Value {
+    json!({
+        "vm": b.vm,
+        "run": b.run,
+        "ok": b.ok,
+        "detail": b.detail,
+        "elapsed_ms": b.elapsed.as_millis() as u64,
+        "log": b.log,
+    })
+}
+
 fn outcome_json(o: &ApplyOutcome) -> serde_json::Value {
     json!({
-        "plan": plan_json(&o.plan),
+        "plan": plan_json(&o.plan, &[]),
         "results": o.results.iter().map(result_json).collect::<Vec<_>>(),
+        "bootstraps": o.bootstraps.iter().map(bootstrap_json).collect::<Vec<_>>(),
         "converged": o.converged(),
-        "noop": o.plan.is_empty(),
-        "remaining": plan_json(&o.remaining),
+        "ok": o.ok(),
+        "noop": o.plan.is_empty() && o.bootstraps.is_empty(),
+        "remaining": plan_json(&o.remaining, &[]),
         "elapsed_ms": o.elapsed.as_millis() as u64,
     })
 }

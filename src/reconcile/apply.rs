@@ -1,8 +1,13 @@
 //! `apply` and `down` end to end: lock, observe, plan, check ports, execute,
-//! observe again. This is the one place that sequences the reconcile phases;
-//! the CLI only renders what it returns.
+//! observe again, then run the bootstraps the mode table asks for. This is
+//! the one place that sequences the reconcile phases; the CLI only renders
+//! what it returns.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use crate::bootstrap::decide::{Launch, Pending};
+use crate::bootstrap::host::{self as bootstrap, RunOutcome};
 
 use crate::broker::control::BrokerState;
 use crate::config::Project;
@@ -33,6 +38,8 @@ pub struct ApplyOutcome {
     pub results: Vec<StepResult>,
     /// The plan of the fresh observe after execute (empty = converged).
     pub remaining: Plan,
+    /// The bootstraps this apply ran (or found due but could not run).
+    pub bootstraps: Vec<RunOutcome>,
     pub elapsed: Duration,
 }
 
@@ -40,6 +47,44 @@ impl ApplyOutcome {
     pub fn converged(&self) -> bool {
         self.remaining.is_empty() && self.results.iter().all(|r| r.ok)
     }
+    /// Converged, and every bootstrap it ran succeeded.
+    pub fn ok(&self) -> bool {
+        self.converged() && self.bootstraps.iter().all(|b| b.ok)
+    }
+}
+
+/// The bootstraps `apply` would run after this plan: VMs the plan (re)starts
+/// count as a new launch; others keep the launch they run.
+pub fn bootstrap_plan(project: &Project, plan: &Plan, observed: &Observed) -> Vec<Pending> {
+    let resolved = bootstrap::resolve(project);
+    pending_for(project, &resolved, plan, observed)
+}
+
+fn pending_for(
+    project: &Project,
+    resolved: &[bootstrap::Resolved],
+    plan: &Plan,
+    observed: &Observed,
+) -> Vec<Pending> {
+    let layout = StateLayout::new(&project.state_root);
+    let launches: BTreeMap<String, Launch> = resolved
+        .iter()
+        .map(|r| {
+            let restarts = plan.steps.iter().any(|s| s.vm() == r.vm);
+            let running = observed
+                .get(&r.vm)
+                .filter(|o| matches!(o.state, VmState::Running { .. }))
+                .and_then(|o| o.record.as_ref())
+                .map(|rec| rec.launched_at_ms);
+            let launch = match (restarts, running) {
+                (false, Some(launched_ms)) => Launch::Running { launched_ms },
+                _ => Launch::Starting,
+            };
+            (r.vm.clone(), launch)
+        })
+        .collect();
+    let records = bootstrap::read_records(&layout, resolved);
+    bootstrap::pending(resolved, &launches, &records)
 }
 
 /// Observe + plan without changing anything (and without the lock: a plan is a read).
@@ -74,21 +119,35 @@ pub fn lock_project(project: &Project) -> Result<ProjectLock, LockError> {
     })
 }
 
-/// Converge: `on_plan` sees the plan before anything changes.
+/// Converge, then bootstrap: `on_plan` sees the plan and the pending
+/// bootstraps before anything changes; `bootstrap_wait` bounds each
+/// bootstrap's wait (default: its timeout plus a grace).
 pub fn apply(
     project: &Project,
     reporter: &Reporter,
-    on_plan: &mut dyn FnMut(&Plan),
+    bootstrap_wait: Option<Duration>,
+    on_plan: &mut dyn FnMut(&Plan, &[Pending]),
 ) -> Result<ApplyOutcome, ApplyError> {
     let t0 = Instant::now();
     let _lock = lock_project(project)?;
     let (plan, desired, observed) = plan_only(project)?;
-    on_plan(&plan);
+    let resolved = bootstrap::resolve(project);
+    let pending = pending_for(project, &resolved, &plan, &observed);
+    on_plan(&plan, &pending);
     if plan.is_empty() {
+        let bootstraps = run_bootstraps(
+            project,
+            &resolved,
+            &pending,
+            &observed,
+            bootstrap_wait,
+            reporter,
+        );
         return Ok(ApplyOutcome {
             remaining: plan.clone(),
             plan,
             results: Vec::new(),
+            bootstraps,
             elapsed: t0.elapsed(),
         });
     }
@@ -111,12 +170,61 @@ pub fn apply(
             pending: remaining.steps.iter().map(|s| s.to_string()).collect(),
         });
     }
+    let bootstraps = run_bootstraps(
+        project,
+        &resolved,
+        &pending,
+        &again,
+        bootstrap_wait,
+        reporter,
+    );
     Ok(ApplyOutcome {
         plan,
         results,
         remaining,
+        bootstraps,
         elapsed: t0.elapsed(),
     })
+}
+
+/// Run the pending bootstraps of VMs that run now; a VM that does not run
+/// gets a failed outcome instead (its bootstrap stays due).
+fn run_bootstraps(
+    project: &Project,
+    resolved: &[bootstrap::Resolved],
+    pending: &[Pending],
+    observed: &Observed,
+    wait: Option<Duration>,
+    reporter: &Reporter,
+) -> Vec<RunOutcome> {
+    let mut launches = BTreeMap::new();
+    let mut runnable = Vec::new();
+    let mut out = Vec::new();
+    for p in pending {
+        let launched = observed
+            .get(&p.vm)
+            .filter(|o| matches!(o.state, VmState::Running { .. }))
+            .and_then(|o| o.record.as_ref())
+            .map(|r| r.launched_at_ms);
+        match launched {
+            Some(ms) => {
+                launches.insert(p.vm.clone(), ms);
+                runnable.push(p.clone());
+            }
+            None => out.push(RunOutcome {
+                vm: p.vm.clone(),
+                run: String::new(),
+                ok: false,
+                detail: "the VM is not running, so its bootstrap did not run".into(),
+                elapsed: Duration::ZERO,
+                log: Default::default(),
+            }),
+        }
+    }
+    out.extend(bootstrap::run_all(
+        project, resolved, &runnable, &launches, wait, reporter,
+    ));
+    out
 }
 
 /// Stop the named VMs (all when empty), cooperatively first.

@@ -76,6 +76,57 @@ pub struct VmStatus {
     pub bus_subscribed: bool,
     /// Milliseconds since the VM's latest durable publish (null: never).
     pub last_publish_age_ms: Option<u64>,
+    /// The latest bootstrap (null: the VM has no bootstrap and never ran one).
+    pub bootstrap: Option<BootstrapStatus>,
+}
+
+/// `vms[].bootstrap` in `castra status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapStatus {
+    /// `never`, `running`, `ok` or `failed`.
+    pub state: String,
+    /// Milliseconds since it finished (since it started while running; null: never).
+    pub age_ms: Option<u64>,
+    /// The run id (null: never ran).
+    pub run: Option<String>,
+    /// The run log (null: never ran).
+    pub log: Option<PathBuf>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// What `bootstrap.json` says (the record is read, never waited on).
+fn bootstrap_status(
+    layout: &StateLayout,
+    name: &str,
+    declared: bool,
+    now: u64,
+) -> Option<BootstrapStatus> {
+    let paths = layout.vm(name);
+    match crate::bootstrap::record::read(&paths.bootstrap_record()) {
+        Ok(Some(r)) => Some(BootstrapStatus {
+            state: r.state.as_str().into(),
+            age_ms: Some(now.saturating_sub(r.finished_ms.unwrap_or(r.started_ms))),
+            log: Some(paths.dir.join(&r.log)),
+            run: Some(r.run),
+            error: r.error,
+        }),
+        Ok(None) if declared => Some(BootstrapStatus {
+            state: "never".into(),
+            age_ms: None,
+            run: None,
+            log: None,
+            error: None,
+        }),
+        Ok(None) => None,
+        Err(e) => Some(BootstrapStatus {
+            state: "failed".into(),
+            age_ms: None,
+            run: None,
+            log: None,
+            error: Some(e.to_string()),
+        }),
+    }
 }
 
 /// Collect status without blocking on anything.
@@ -105,7 +156,16 @@ pub fn collect(project: &Project) -> StatusReport {
     seen.sort_by_key(|o| position(&o.name));
     let vms = seen
         .into_iter()
-        .map(|o| vm_status(o, project.vms.iter().find(|v| v.name == o.name), &guests))
+        .map(|o| {
+            let mut v = vm_status(o, project.vms.iter().find(|v| v.name == o.name), &guests);
+            v.bootstrap = bootstrap_status(
+                &layout,
+                &o.name,
+                project.bootstraps.contains_key(&o.name),
+                now,
+            );
+            v
+        })
         .collect();
     StatusReport {
         project: project.name.clone(),
@@ -172,5 +232,6 @@ fn vm_status(o: &ObservedVm, declared: Option<&VmSpec>, guests: &Guests) -> VmSt
         sessions: entry.map(|e| e.sessions).unwrap_or(0),
         bus_subscribed: guests.broker_up && entry.is_some_and(|e| e.bus_subscribed),
         last_publish_age_ms: entry.and_then(|e| age_ms(e.last_publish_ms, now_ms)),
+        bootstrap: None,
     }
 }

@@ -17,6 +17,9 @@ Columns:
   BUS        subscribed: a bus session of the VM subscribes to a topic; open: it holds a
              bus session without subscriptions; -: no bus session
   BUS AGE    time since the VM's latest durable publish on the bus (-: never)
+  BOOT       the latest bootstrap and how long ago it ended: ok 2m05s | failed 9s
+             (`castra status --json` has its log) | running | never (declared, not
+             run yet) | -: no bootstrap declared
   CPU/MEM    vCPUs and memory it runs with (or is declared with, when stopped)
   UPTIME     time since launch
   ACCEL      accelerator in use: kvm or tcg (software emulation)
@@ -27,7 +30,8 @@ JSON (`--json`), stable field names:
   broker: {state, pid, port, reason}
   vms[]: {name, state, reasons[], in_config, config_changed, pid, cpus, memory_bytes,
           uptime_s, accel, accel_reason, forwards[], reachable, last_handshake_age_ms,
-          last_heartbeat_age_ms, sessions, bus_subscribed, last_publish_age_ms}
+          last_heartbeat_age_ms, sessions, bus_subscribed, last_publish_age_ms,
+          bootstrap: {state: never|running|ok|failed, age_ms, run, log, error} | null}
   Absent values are null. Fields may be added; none is renamed without a version bump.
 
 Status never blocks: it reads launch records, the broker's state file and /proc
@@ -36,12 +40,13 @@ only, so it answers at once even when a QEMU or the broker is frozen. Exit code 
 /// Render the table.
 pub fn table(report: &StatusReport) -> String {
     let broker_up = report.broker.state == "running";
-    let mut rows: Vec<[String; 9]> = vec![[
+    let mut rows: Vec<[String; 10]> = vec![[
         "VM".into(),
         "STATE".into(),
         "BROKER".into(),
         "BUS".into(),
         "BUS AGE".into(),
+        "BOOT".into(),
         "CPU/MEM".into(),
         "UPTIME".into(),
         "ACCEL".into(),
@@ -78,6 +83,15 @@ pub fn table(report: &StatusReport) -> String {
             vm.last_publish_age_ms
                 .map(|ms| uptime(ms / 1000))
                 .unwrap_or_else(|| "-".into()),
+            match &vm.bootstrap {
+                None => "-".into(),
+                Some(b) => match b.age_ms {
+                    Some(ms) if b.state != "running" => {
+                        format!("{} {}", b.state, uptime(ms / 1000))
+                    }
+                    _ => b.state.clone(),
+                },
+            },
             cpu_mem,
             vm.uptime_s.map(uptime).unwrap_or_else(|| "-".into()),
             vm.accel.clone().unwrap_or_else(|| "-".into()),
@@ -88,7 +102,7 @@ pub fn table(report: &StatusReport) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!(
@@ -154,6 +168,7 @@ mod tests {
             sessions: 0,
             bus_subscribed: false,
             last_publish_age_ms: None,
+            bootstrap: None,
         }
     }
 
@@ -169,8 +184,22 @@ mod tests {
         web.sessions = 2;
         web.bus_subscribed = true;
         web.last_publish_age_ms = Some(4_200);
+        web.bootstrap = Some(crate::status::BootstrapStatus {
+            state: "ok".into(),
+            age_ms: Some(61_000),
+            run: Some("1-ab".into()),
+            log: None,
+            error: None,
+        });
         let mut booting = vm("api", "running");
         booting.pid = Some(43);
+        booting.bootstrap = Some(crate::status::BootstrapStatus {
+            state: "never".into(),
+            age_ms: None,
+            run: None,
+            log: None,
+            error: None,
+        });
         let mut old = vm("old", "running");
         old.in_config = false;
         old.cpus = Some(2);
@@ -189,11 +218,11 @@ mod tests {
         };
         insta::assert_snapshot!(table(&report), @r#"
             project demo  broker running pid 77 (port 7750)
-            VM   STATE                         BROKER     BUS         BUS AGE  CPU/MEM  UPTIME  ACCEL  FORWARDS
-            web  running*                      reachable  subscribed  4s       1/256M   2m05s   tcg    127.0.0.1:8080->80/tcp
-            api  running                       waiting    -           -        1/256M   -       -      -
-            db   stopped                       -          -           -        1/256M   -       -      -
-            old  running (not in castra.toml)  waiting    -           -        2/1G     -       -      -
+            VM   STATE                         BROKER     BUS         BUS AGE  BOOT      CPU/MEM  UPTIME  ACCEL  FORWARDS
+            web  running*                      reachable  subscribed  4s       ok 1m01s  1/256M   2m05s   tcg    127.0.0.1:8080->80/tcp
+            api  running                       waiting    -           -        never     1/256M   -       -      -
+            db   stopped                       -          -           -        -         1/256M   -       -      -
+            old  running (not in castra.toml)  waiting    -           -        -         2/1G     -       -      -
             "#);
     }
 
