@@ -33,6 +33,158 @@ memory = "128M"
     )
 }
 
+/// The e2e config (a at 192M) with a bootstrap line per VM.
+fn config_boot(port: u16, a_boot: &str, b_boot: &str) -> String {
+    config(port, "192M")
+        .replace(
+            "memory = \"192M\"\n",
+            &format!("memory = \"192M\"\nbootstrap = {a_boot}\n"),
+        )
+        .replace(
+            "memory = \"128M\"\n",
+            &format!("memory = \"128M\"\nbootstrap = {b_boot}\n"),
+        )
+}
+
+/// The `> bootstrap` lines of a printed plan.
+fn boot_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with("> ")).collect()
+}
+
+fn run_id(p: &Project, name: &str) -> String {
+    let s = p.json(&["status", "--json"]);
+    vm(&s, name)["bootstrap"]["run"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} has no bootstrap run: {s}"))
+        .to_owned()
+}
+
+/// Bootstrap over the bus on the two running guests: a script that writes a
+/// marker and publishes it, a failing command, secrets masked, `auto` not
+/// rerunning, a changed plan rerunning. Leaves the bootstraps configured.
+fn bootstrap_round(p: &Project, port: u16) {
+    let script = |greeting: &str| {
+        format!(
+            "echo hello from $GREETING {greeting}\necho token is $API_TOKEN\necho marker-$CASTRA_BOOTSTRAP_RUN > /tmp/castra-boot-marker\n/bin/castra-agent publish --topic boot.done \"{{\\\"marker\\\":\\\"$(cat /tmp/castra-boot-marker)\\\"}}\"\n"
+        )
+    };
+    std::fs::write(p.path().join("boot-a.sh"), script("v1")).unwrap();
+    let a_boot =
+        r#"{ script = "boot-a.sh", env = { GREETING = "castra", API_TOKEN = "s3cr3t-value" } }"#;
+    p.write_config(&config_boot(
+        port,
+        a_boot,
+        r#"{ run = "echo failing; exit 7" }"#,
+    ));
+
+    // plan: two pending bootstraps, no VM step (a bootstrap never restarts a VM).
+    let out = p.castra(&["plan"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(step_lines(&text).is_empty(), "{text}");
+    assert_eq!(
+        boot_lines(&text),
+        [
+            "> bootstrap a (auto: never ran, script)",
+            "> bootstrap b (auto: never ran, run)"
+        ],
+        "{text}"
+    );
+
+    // apply runs both; b fails, so apply exits 1.
+    let t = Instant::now();
+    let out = p.castra(&["apply", "--bootstrap-timeout", "120s"]);
+    let took = t.elapsed();
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{o}{e}");
+    assert!(o.contains("bootstrap a: ok in "), "{o}{e}");
+    assert!(e.contains("bootstrap b: FAILED: exit code 7"), "{o}{e}");
+    assert!(
+        e.contains("a | hello from castra v1"),
+        "progress lines: {e}"
+    );
+    eprintln!("apply -> both bootstraps done in {took:?} (guests already up)");
+    let s = p.json(&["status", "--json"]);
+    let (ba, bb) = (&vm(&s, "a")["bootstrap"], &vm(&s, "b")["bootstrap"]);
+    assert_eq!(ba["state"], "ok", "{s}");
+    assert_eq!(bb["state"], "failed", "{s}");
+    assert!(ba["age_ms"].is_u64(), "{s}");
+    let log_b = std::fs::read_to_string(bb["log"].as_str().unwrap()).unwrap();
+    assert!(log_b.contains("failing"), "{log_b}");
+    let log_a = std::fs::read_to_string(ba["log"].as_str().unwrap()).unwrap();
+    assert!(log_a.contains("hello from castra v1"), "{log_a}");
+    assert!(log_a.contains("token is ***"), "{log_a}");
+    let table = stdout(&p.castra(&["status"]));
+    assert!(
+        table.contains("BOOT") && table.contains("failed"),
+        "{table}"
+    );
+    // The marker was written and published from inside guest a.
+    let tail = stdout(&p.castra(&["bus", "tail", "--vm", "a", "--topic", "boot.done", "--json"]));
+    let run_a = run_id(p, "a");
+    assert!(tail.contains(&format!("marker-{run_a}")), "{tail}");
+    // The secret is in no file castra wrote (sealed on the bus, masked in logs).
+    for f in [
+        "logs/bus/all.log",
+        "logs/bus/host.log",
+        "events.jsonl",
+        "vms/a/bootstrap.json",
+    ] {
+        let text = std::fs::read_to_string(p.path().join(".castra").join(f)).unwrap_or_default();
+        assert!(!text.contains("s3cr3t-value"), "{f} holds the secret");
+    }
+    let events = std::fs::read_to_string(p.path().join(".castra/events.jsonl")).unwrap();
+    for ev in [
+        "bootstrap_planned",
+        "bootstrap_started",
+        "bootstrap_completed",
+        "bootstrap_failed",
+    ] {
+        assert!(events.contains(ev), "no {ev} event");
+    }
+
+    // Fix b: only b reruns (its plan changed); a is done for this launch.
+    p.write_config(&config_boot(port, a_boot, r#"{ run = "echo fixed" }"#));
+    let out = p.castra(&["plan"]);
+    assert_eq!(
+        boot_lines(&stdout(&out)),
+        ["> bootstrap b (auto: plan changed, run)"]
+    );
+    let t = Instant::now();
+    let out = p.castra(&["apply"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    eprintln!("apply -> bootstrap b done in {:?}", t.elapsed());
+    assert_eq!(run_id(p, "a"), run_a, "auto reran a");
+    let s = p.json(&["status", "--json"]);
+    assert_eq!(vm(&s, "b")["bootstrap"]["state"], "ok", "{s}");
+    let run_b = run_id(p, "b");
+
+    // A second apply is a no-op: auto does not rerun.
+    let out = p.castra(&["apply"]);
+    assert!(stdout(&out).contains("no-op"), "{}", stdout(&out));
+    assert_eq!(
+        (run_id(p, "a"), run_id(p, "b")),
+        (run_a.clone(), run_b.clone())
+    );
+
+    // Changing the script reruns a only.
+    std::fs::write(p.path().join("boot-a.sh"), script("v2")).unwrap();
+    let out = p.castra(&["plan"]);
+    assert_eq!(
+        boot_lines(&stdout(&out)),
+        ["> bootstrap a (auto: plan changed, script)"]
+    );
+    let out = p.castra(&["apply"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("a | hello from castra v2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ne!(run_id(p, "a"), run_a);
+    assert_eq!(run_id(p, "b"), run_b);
+}
+
 fn ensure_image() {
     let out = Command::new(common::castra_bin())
         .args(["image", "build"])
@@ -243,6 +395,14 @@ fn apply_noop_drift_crash_freeze_down() {
     let s = p.json(&["status", "--json"]);
     assert!(vm(&s, "a")["last_publish_age_ms"].is_u64(), "{s}");
     assert_eq!(vm(&s, "a")["bus_subscribed"], true, "{s}");
+
+    // Bootstrap over the bus, on the same two guests (no restart).
+    bootstrap_round(&p, port);
+    assert_eq!(
+        (pid_of(&p, "a"), pid_of(&p, "b")),
+        (a1, b3),
+        "a bootstrap restarted a VM"
+    );
 
     // A frozen broker does not slow status down either.
     let s = status_with_frozen(&p, broker_pid, "broker");

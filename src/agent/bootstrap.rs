@@ -67,8 +67,8 @@ fn run(target: Target, req: Request) {
         target: target.clone(),
         client: None,
     };
-    let env = match open_env(&target, &req) {
-        Ok(env) => env,
+    let (env, secrets) = match open_env(&target, &req) {
+        Ok(opened) => opened,
         Err(why) => {
             let _ = out.finish(Report::Finished {
                 run: req.run.clone(),
@@ -88,9 +88,11 @@ fn run(target: Target, req: Request) {
     };
     // One outbox for reports and heartbeats; both closures borrow it through a cell.
     let cell = std::cell::RefCell::new(&mut out);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     runner::run(
         &req,
         &env,
+        &secrets,
         &limits,
         &mut |report| {
             let mut out = cell.borrow_mut();
@@ -114,10 +116,15 @@ fn run(target: Target, req: Request) {
     );
 }
 
-fn open_env(target: &Target, req: &Request) -> Result<BTreeMap<String, String>, String> {
+/// The environment with secrets opened, and the secret values (to mask).
+fn open_env(
+    target: &Target,
+    req: &Request,
+) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
     let mut env = req.env.clone();
+    let mut secrets = Vec::new();
     if req.sealed_env.is_empty() {
-        return Ok(env);
+        return Ok((env, secrets));
     }
     let token = target
         .hello
@@ -127,9 +134,13 @@ fn open_env(target: &Target, req: &Request) -> Result<BTreeMap<String, String>, 
     for (k, sealed) in &req.sealed_env {
         let v = wire::open(token, &req.run, k, sealed)
             .ok_or_else(|| format!("cannot open the secret value of {k}"))?;
+        if !v.is_empty() {
+            secrets.push(v.clone());
+        }
         env.insert(k.clone(), v);
     }
-    Ok(env)
+    secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    Ok((env, secrets))
 }
 
 /// A bus session for reports, opened on first use and reopened after a failure.

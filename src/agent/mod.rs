@@ -36,7 +36,9 @@ publish prints the seq once the broker has made the message durable (exit 0),
 else exits 1; PAYLOAD is JSON (or text with --text; - reads stdin).
 subscribe prints each message as one JSON line until the session ends (exit 1).
 
-Holds a bus session with the castra broker and reconnects forever.
+Holds a bus session with the castra broker and reconnects forever. Runs the
+bootstrap requests the host publishes on vm:<name> with /bin/sh -c and reports
+on castra.bootstrap.
 Defaults: vm and port from castra.vm= / castra.broker_port= on /proc/cmdline,
 host 10.0.2.2, token from /sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw.
 Environment: CASTRA_AGENT_VM, CASTRA_AGENT_HOST, CASTRA_AGENT_PORT,

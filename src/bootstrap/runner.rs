@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::redact::redact;
 use super::wire::{Report, Request, RunStatus};
 
 /// Bounds of one run.
@@ -119,12 +120,14 @@ fn reader(mut from: impl Read + Send + 'static, max_line: usize, to: mpsc::Sende
 }
 
 /// Run `req` with `env` (secrets already opened); every report goes to
-/// `emit`, and `idle` is called when nothing was reported for a while (the
-/// agent heartbeats there). An `Err` from a callback stops the reporting,
-/// never the run: the shell still runs to its end or timeout.
+/// `emit`, with each of `secrets` masked in the output (reports end up in
+/// the durable bus log), and `idle` is called when nothing was reported for
+/// a while (the agent heartbeats there). An `Err` from a callback stops the
+/// reporting, never the run: the shell still runs to its end or timeout.
 pub fn run(
     req: &Request,
     env: &BTreeMap<String, String>,
+    secrets: &[&str],
     limits: &Limits,
     emit: &mut dyn FnMut(Report) -> io::Result<()>,
     idle: &mut dyn FnMut() -> io::Result<()>,
@@ -180,6 +183,7 @@ pub fn run(
     loop {
         match rx.recv_timeout(limits.batch_interval.min(Duration::from_millis(100))) {
             Ok(Piece::Line(line)) => {
+                let line = redact(&line, secrets);
                 let n = line.len() + 1;
                 output_bytes += n as u64;
                 if sent + n <= limits.max_output {
@@ -220,11 +224,11 @@ pub fn run(
             reporting = idle().is_ok();
             last_report = Instant::now();
         }
-        if status.is_none() {
-            if let Ok(Some(s)) = child.try_wait() {
-                status = Some(s);
-                exited_at = Some(Instant::now());
-            }
+        if status.is_none()
+            && let Ok(Some(s)) = child.try_wait()
+        {
+            status = Some(s);
+            exited_at = Some(Instant::now());
         }
         if !timed_out && status.is_none() && Instant::now() >= deadline {
             timed_out = true;
@@ -303,6 +307,7 @@ mod tests {
         run(
             req,
             &env,
+            &["s3cr3t"],
             limits,
             &mut |r| {
                 out.push(r);

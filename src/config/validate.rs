@@ -125,16 +125,16 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
             .map(|b| super::bootstrap::check(b, &origin.root_dir, &mut problems));
         let base = inner.name.as_ref().map(|n| n.get_ref().clone());
         let made = vm_instances(Spanned::new(span, inner), origin, &mut problems);
-        if let Some(base) = base {
-            if let Some(spec) = super::bootstrap::merge(
+        if let Some(base) = base
+            && let Some(spec) = super::bootstrap::merge(
                 &base,
                 default_bootstrap.as_ref(),
                 own.as_ref(),
                 &mut problems,
-            ) {
-                for inst in &made {
-                    bootstraps.insert(inst.spec.name.clone(), spec.clone());
-                }
+            )
+        {
+            for inst in &made {
+                bootstraps.insert(inst.spec.name.clone(), spec.clone());
             }
         }
         instances.extend(made);
