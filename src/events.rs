@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::qemu::process::Stage;
+use crate::qemu::shutdown::Stage;
 
 /// One thing that happened to a VM or the project.
 #[derive(Debug, Clone, PartialEq, Serialize)]
