@@ -16,7 +16,8 @@ Columns:
              heard from; offline: the project's broker is not running; -: VM stopped
   BUS        subscribed: a bus session of the VM subscribes to a topic; open: it holds a
              bus session without subscriptions; -: no bus session
-  BUS AGE    time since the VM's latest durable publish on the bus (-: never)
+  BUS AGE    time since the VM's latest durable publish on the bus (-: never, or
+             the VM is not running; `--json` keeps the age)
   CPU/MEM    vCPUs and memory it runs with (or is declared with, when stopped)
   UPTIME     time since launch
   ACCEL      accelerator in use: kvm or tcg (software emulation)
@@ -76,6 +77,7 @@ pub fn table(report: &StatusReport) -> String {
             guest,
             bus.into(),
             vm.last_publish_age_ms
+                .filter(|_| vm.state == "running")
                 .map(|ms| uptime(ms / 1000))
                 .unwrap_or_else(|| "-".into()),
             cpu_mem,
