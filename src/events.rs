@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::qemu::process::Stage;
+use crate::qemu::shutdown::Stage;
 
 /// One thing that happened to a VM or the project.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,6 +83,11 @@ pub enum Event {
 }
 
 impl Event {
+    /// The outcome of a stop, as opposed to progress towards it.
+    pub fn is_result(&self) -> bool {
+        matches!(self, Event::VmStopped { .. } | Event::BrokerStopped)
+    }
+
     /// One line for people.
     pub fn human(&self) -> String {
         match self {
@@ -170,6 +175,9 @@ pub struct Reporter {
     file: Option<PathBuf>,
     human: bool,
     json_stdout: bool,
+    /// Leave final results (stopped, broker stopped) off stderr: the command
+    /// prints its own summary of them on stdout.
+    results_on_stdout: bool,
     lock: Mutex<()>,
 }
 
@@ -179,8 +187,16 @@ impl Reporter {
             file,
             human,
             json_stdout,
+            results_on_stdout: false,
             lock: Mutex::new(()),
         }
+    }
+
+    /// Show progress on stderr but not the final per-VM results, which the
+    /// caller prints as its summary (`castra down`).
+    pub fn results_on_stdout(mut self) -> Self {
+        self.results_on_stdout = true;
+        self
     }
 
     /// A reporter that only records to the events file.
@@ -211,7 +227,7 @@ impl Reporter {
         }
         if self.json_stdout {
             println!("{line}");
-        } else if self.human {
+        } else if self.human && !(self.results_on_stdout && event.is_result()) {
             eprintln!("{}", event.human());
         }
     }

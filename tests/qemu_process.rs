@@ -10,8 +10,9 @@ use castra::config::{
 };
 use castra::layout::{StateLayout, VmPaths};
 use castra::qemu::argv::{self, LaunchInputs};
-use castra::qemu::process::{self, LaunchError, Liveness, ProcessIdentity, ShutdownEvent, Stage};
+use castra::qemu::process::{self, LaunchError, Liveness, ProcessIdentity};
 use castra::qemu::qmp::{Qmp, QmpError};
+use castra::qemu::shutdown::{self, ShutdownEvent, Stage};
 use castra::qemu::{Accel, BootImage, qemu_binary};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -229,7 +230,7 @@ fn launch_probe_qmp_freeze_and_sigterm_ladder() {
         sigterm_wait: Duration::from_secs(10),
     };
     let mut events = Vec::new();
-    let out = process::shutdown(&id, &marker, &vm.paths.qmp_socket(), &waits, &mut |e| {
+    let out = shutdown::shutdown(&id, &marker, &vm.paths.qmp_socket(), &waits, &mut |e| {
         events.push(e)
     });
     assert_eq!(
@@ -252,7 +253,7 @@ fn launch_probe_qmp_freeze_and_sigterm_ladder() {
 
     // Idempotent.
     let mut again = Vec::new();
-    let out = process::shutdown(&id, &marker, &vm.paths.qmp_socket(), &waits, &mut |e| {
+    let out = shutdown::shutdown(&id, &marker, &vm.paths.qmp_socket(), &waits, &mut |e| {
         again.push(e)
     });
     assert_eq!(out.stopped_by, Stage::AlreadyStopped);
@@ -275,7 +276,7 @@ fn a_frozen_qemu_is_stopped_by_sigterm_after_qmp_times_out() {
         sigterm_wait: Duration::from_secs(10),
     };
     let mut events = Vec::new();
-    let out = process::shutdown(&id, &marker, &vm.paths.qmp_socket(), &waits, &mut |e| {
+    let out = shutdown::shutdown(&id, &marker, &vm.paths.qmp_socket(), &waits, &mut |e| {
         events.push(e)
     });
     assert!(
@@ -330,7 +331,7 @@ fn a_process_ignoring_sigterm_is_sigkilled() {
         sigterm_wait: Duration::from_millis(500),
     };
     let mut events = Vec::new();
-    let out = process::shutdown(
+    let out = shutdown::shutdown(
         &id,
         &marker,
         Path::new("/nonexistent/qmp.sock"),

@@ -221,7 +221,7 @@ fn watch_loop(args: &ApplyArgs, first: &Project) -> Result<ExitCode> {
 }
 
 pub fn down(args: &DownArgs, project: &Project) -> Result<ExitCode> {
-    let reporter = reporter(project, args.json);
+    let reporter = reporter(project, args.json).results_on_stdout();
     let results = reconcile::down(project, &reporter, &args.vms)?;
     let ok = results.iter().all(|r| r.ok);
     if args.json {

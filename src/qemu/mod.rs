@@ -7,6 +7,7 @@ pub mod argv;
 pub mod guest_clock;
 pub mod process;
 pub mod qmp;
+pub mod shutdown;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -16,8 +16,9 @@ use crate::fsutil::{create_private_dir, remove_if_exists};
 use crate::image;
 use crate::layout::{StateLayout, VmPaths};
 use crate::qemu::accel::{self, AccelDecision};
-use crate::qemu::process::{self, ProcessIdentity, ShutdownEvent, ShutdownOutcome, Stage};
+use crate::qemu::process::{self, ProcessIdentity};
 use crate::qemu::qmp::Qmp;
+use crate::qemu::shutdown::{self, ShutdownEvent, ShutdownOutcome, Stage};
 use crate::qemu::{Accel, BootImage, argv, guest_clock, qemu_binary};
 
 use super::desired::DesiredVm;
@@ -365,7 +366,7 @@ impl<'a> Executor<'a> {
                         });
                     }
                 };
-                process::shutdown(
+                shutdown::shutdown(
                     &id,
                     &marker.to_string_lossy(),
                     &marker,

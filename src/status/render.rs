@@ -16,7 +16,8 @@ Columns:
              heard from; offline: the project's broker is not running; -: VM stopped
   BUS        subscribed: a bus session of the VM subscribes to a topic; open: it holds a
              bus session without subscriptions; -: no bus session
-  BUS AGE    time since the VM's latest durable publish on the bus (-: never)
+  BUS AGE    time since the VM's latest durable publish on the bus (-: never, or
+             the VM is not running; `--json` keeps the age)
   BOOT       the latest bootstrap and how long ago it ended: ok 2m05s | failed 9s
              (`castra status --json` has its log) | running | never (declared, not
              run yet) | -: no bootstrap declared
@@ -81,6 +82,7 @@ pub fn table(report: &StatusReport) -> String {
             guest,
             bus.into(),
             vm.last_publish_age_ms
+                .filter(|_| vm.state == "running")
                 .map(|ms| uptime(ms / 1000))
                 .unwrap_or_else(|| "-".into()),
             match &vm.bootstrap {
