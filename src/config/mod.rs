@@ -10,6 +10,7 @@
 //! config file: referenced kernels and disks are not checked here.
 
 mod bootstrap;
+mod cross_checks;
 mod diagnostic;
 mod discover;
 mod duration;
