@@ -32,6 +32,10 @@ forwards = ["127.0.0.1:5432:5432"]
 #   image = { kernel = "vmlinux", initrd = "initrd.img", cmdline = "console=ttyS0" }
 # Or a qcow2 disk, run on a copy-on-write overlay (machine defaults to "q35"):
 #   image = { disk = "base.qcow2" }
+# Run something inside a VM once it is up, over the bus (no SSH): a script file,
+# an inline command, `nix run <flake>` or `nixos-rebuild switch --flake <flake>#<host>`.
+# mode "auto" runs it once per change, "always" on every apply, "skip" never:
+#   bootstrap = { script = "setup.sh", mode = "auto", env = { ROLE = "db" } }
 
 [broker]
 # port = 7750              # guests reach the broker at 10.0.2.2:<port>
