@@ -61,6 +61,8 @@ fn free_port() -> u16 {
 fn connect(port: u16) -> io::Result<(TcpStream, BufReader<TcpStream>)> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
+    // A lost ack or delivery fails its cell instead of hanging the run.
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let r = BufReader::new(s.try_clone()?);
     Ok((s, r))
 }
@@ -392,7 +394,8 @@ impl Redis {
         Ok(RedisConn {
             w,
             r,
-            last_id: b"$".to_vec(),
+            // Each stream is new: read it from its start.
+            last_id: b"0".to_vec(),
             topic: topic.to_owned(),
         })
     }
