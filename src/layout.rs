@@ -13,6 +13,7 @@
 //!   logs/bus/                      the durable bus log (mode 0700)
 //!     all.log                      every publish, one JSON object a line, in seq order
 //!     <vm>.log                     that VM's publishes (`host.log`: `castra bus publish`)
+//!     *.log.1 .. *.log.N           rotated generations (`.1` newest), by size
 //!   vms/<vm>/
 //!     launch.json                  LaunchRecord: spec + fingerprint + pid identity
 //!     qemu.pid                     pid written by QEMU (-pidfile)

@@ -8,9 +8,17 @@
 //! write or sync completes the batch with `storage_error`, truncates the
 //! files back, and never acks it.
 //!
+//! Files rotate by size ([`Rotation`]): once a file reaches `max_bytes`
+//! after a commit, `X.log.{keep-1}` becomes `X.log.{keep}` (the oldest is
+//! replaced), ..., `X.log` becomes `X.log.1`, and the next commit creates a
+//! fresh `X.log` (and fsyncs the directory, so the renames and the new name
+//! are durable before that commit is acked). Rotation happens only between
+//! commits, so a rotated file always ends with a whole line.
+//!
 //! [`recover`] runs before the writer at startup: a torn last line (a crash
 //! mid-append) is cut, a bad line in the middle is reported, and sequence
-//! numbers continue after the highest one found in any file. Routing
+//! numbers continue after the highest one found in any file (a live file
+//! with no record, e.g. just rotated, falls back to its `.1`). Routing
 //! messages to subscribers is the hub's job; this module only hands each
 //! committed record over.
 
@@ -37,6 +45,47 @@ pub const MAX_BATCH: usize = 1024;
 /// Publishes waiting for the writer; senders wait beyond this (back-pressure
 /// on the publishing session only).
 pub const QUEUE_CAPACITY: usize = 4096;
+/// A bus log file rotates once it holds this many bytes (64 MiB).
+pub const DEFAULT_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+/// Rotated files kept per log (`X.log.1` .. `X.log.4`).
+pub const DEFAULT_ROTATE_KEEP: u32 = 4;
+
+/// When and how far bus log files rotate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate a file once its size reaches this (at least 1).
+    pub max_bytes: u64,
+    /// Rotated generations kept (at least 1).
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: DEFAULT_ROTATE_BYTES,
+            keep: DEFAULT_ROTATE_KEEP,
+        }
+    }
+}
+
+/// `X.log.<n>`: generation `n` of the live file `X.log` (1 is the newest).
+pub fn rotated_path(live: &Path, n: u32) -> PathBuf {
+    let mut s = live.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// A live log and its rotated generations that exist, oldest first, the
+/// live file last (whether or not it exists).
+pub fn generations(live: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = (1..)
+        .map(|n| rotated_path(live, n))
+        .take_while(|p| p.exists())
+        .collect();
+    out.reverse();
+    out.push(live.to_owned());
+    out
+}
 
 /// One line of a bus log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,22 +167,41 @@ pub fn recover(dir: &Path) -> io::Result<Recovery> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
     };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.to_string_lossy().ends_with(BUS_LOG_SUFFIX))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let scan = scan_file(&path)?;
-        if scan.good_len < scan.len {
-            let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(scan.good_len)?;
-            file.sync_all()?;
-            out.cut.push((path.clone(), scan.len - scan.good_len));
+    // Live files, and live names whose only trace is a `.1` (a crash
+    // between the rename and the next create).
+    let rotated_suffix = format!("{BUS_LOG_SUFFIX}.1");
+    let mut lives = std::collections::BTreeSet::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let name = path.to_string_lossy();
+        if !path.is_file() {
+            continue;
         }
-        out.corrupt
-            .extend(scan.corrupt_lines.into_iter().map(|l| (path.clone(), l)));
-        out.next_seq = out.next_seq.max(scan.max_seq + 1);
+        if name.ends_with(BUS_LOG_SUFFIX) {
+            lives.insert(path);
+        } else if let Some(live) = name.strip_suffix(".1")
+            && name.ends_with(&rotated_suffix)
+        {
+            lives.insert(PathBuf::from(live));
+        }
+    }
+    for live in lives {
+        let mut max_seq = 0;
+        for path in [live.clone(), rotated_path(&live, 1)] {
+            if max_seq > 0 || !path.is_file() {
+                continue;
+            }
+            let scan = scan_file(&path)?;
+            if scan.good_len < scan.len {
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.set_len(scan.good_len)?;
+                file.sync_all()?;
+                out.cut.push((path.clone(), scan.len - scan.good_len));
+            }
+            out.corrupt
+                .extend(scan.corrupt_lines.into_iter().map(|l| (path.clone(), l)));
+            max_seq = scan.max_seq;
+        }
+        out.next_seq = out.next_seq.max(max_seq + 1);
     }
     Ok(out)
 }
@@ -188,6 +256,7 @@ fn scan_file(path: &Path) -> io::Result<Scan> {
 /// `deliver` receives every committed record, in sequence order.
 pub fn start(
     layout: &StateLayout,
+    rotation: Rotation,
     deliver: Box<dyn Fn(Committed) + Send>,
 ) -> io::Result<(BusLog, smol::channel::Sender<Append>)> {
     let dir = layout.bus_log_dir();
@@ -214,6 +283,10 @@ pub fn start(
         files: BTreeMap::new(),
         next_seq: recovery.next_seq,
         deliver,
+        rotation: Rotation {
+            max_bytes: rotation.max_bytes.max(1),
+            keep: rotation.keep.max(1),
+        },
     };
     let handle = std::thread::Builder::new()
         .name("castra-buslog".into())
@@ -253,6 +326,7 @@ struct Writer {
     files: BTreeMap<String, OpenLog>,
     next_seq: u64,
     deliver: Box<dyn Fn(Committed) + Send>,
+    rotation: Rotation,
 }
 
 impl Writer {
@@ -305,6 +379,7 @@ impl Writer {
                     });
                     done(Ok(rec.seq));
                 }
+                self.rotate_full();
             }
             Err(why) => {
                 log(&format!(
@@ -339,13 +414,12 @@ impl Writer {
             log.len += buf.len() as u64;
         }
         if result.is_ok() {
-            for (key, _) in &before {
-                if let Some(log) = self.files.get(key)
-                    && let Err(e) = log.file.sync_data()
-                {
-                    result = Err(format!("fdatasync: {e}"));
-                    break;
-                }
+            let files: Vec<&File> = before
+                .iter()
+                .filter_map(|(key, _)| self.files.get(key).map(|l| &l.file))
+                .collect();
+            if let Err(e) = sync_all_data(&files) {
+                result = Err(format!("fdatasync: {e}"));
             }
         }
         if result.is_err() {
@@ -359,18 +433,52 @@ impl Writer {
         result
     }
 
+    fn path(&self, key: &str) -> PathBuf {
+        if key.is_empty() {
+            self.layout.bus_all_log()
+        } else {
+            self.layout.bus_vm_log(key)
+        }
+    }
+
+    /// Rotate every open file that reached the size limit. A failure is
+    /// logged and the file kept open (it is retried after the next commit).
+    fn rotate_full(&mut self) {
+        let full: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, l)| l.len >= self.rotation.max_bytes)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in full {
+            let live = self.path(&key);
+            match rotate(&live, self.rotation.keep) {
+                Ok(()) => {
+                    self.files.remove(&key);
+                }
+                Err(e) => log(&format!(
+                    "bus log {}: cannot rotate ({e}); it keeps growing",
+                    live.display()
+                )),
+            }
+        }
+    }
+
     fn open(&mut self, key: &str) -> Result<&mut OpenLog, String> {
         if !self.files.contains_key(key) {
-            let path = if key.is_empty() {
-                self.layout.bus_all_log()
-            } else {
-                self.layout.bus_vm_log(key)
-            };
+            let path = self.path(key);
+            let existed = path.exists();
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(|e| format!("open {}: {e}", path.display()))?;
+            if !existed {
+                // The new name (and any rotation renames) must be durable
+                // before a record in this file is acknowledged.
+                sync_dir(&self.layout.bus_log_dir())
+                    .map_err(|e| format!("fsync {}: {e}", self.layout.bus_log_dir().display()))?;
+            }
             let len = file
                 .metadata()
                 .map_err(|e| format!("stat {}: {e}", path.display()))?
@@ -381,6 +489,43 @@ impl Writer {
             .get_mut(key)
             .ok_or_else(|| "bus log vanished".to_owned())
     }
+}
+
+/// Shift `live`'s generations up by one (dropping the one beyond `keep`)
+/// and rename `live` to `live.1`.
+fn rotate(live: &Path, keep: u32) -> io::Result<()> {
+    for n in (1..keep).rev() {
+        let from = rotated_path(live, n);
+        if from.exists() {
+            std::fs::rename(&from, rotated_path(live, n + 1))?;
+        }
+    }
+    std::fs::rename(live, rotated_path(live, 1))
+}
+
+/// Most files one thread fdatasyncs in a batch; more are spread over threads.
+const FILES_PER_SYNC_THREAD: usize = 4;
+
+/// fdatasync every file; many at once (a batch from many VMs) in parallel,
+/// so the filesystem can fold them into fewer journal commits.
+fn sync_all_data(files: &[&File]) -> io::Result<()> {
+    if files.len() <= FILES_PER_SYNC_THREAD {
+        return files.iter().try_for_each(|f| f.sync_data());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(FILES_PER_SYNC_THREAD)
+            .map(|chunk| s.spawn(move || chunk.iter().try_for_each(|f| f.sync_data())))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("fdatasync thread panicked")))
+        })
+    })
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Read every valid record of a bus log file (bad lines skipped).
@@ -428,7 +573,7 @@ mod tests {
         let deliver = Box::new(move |c: Committed| {
             let _ = dtx.send((c.seq, c.topic));
         });
-        let (bus, tx) = start(&layout, deliver).unwrap();
+        let (bus, tx) = start(&layout, Rotation::default(), deliver).unwrap();
         assert_eq!(bus.next_seq, 1);
         let (atx, arx) = mpsc::channel();
         for (i, vm) in [Some("web"), None, Some("web")].into_iter().enumerate() {
@@ -473,7 +618,7 @@ mod tests {
                 .ends_with("}\n")
         );
 
-        let (bus, tx) = start(&layout, Box::new(|_| {})).unwrap();
+        let (bus, tx) = start(&layout, Rotation::default(), Box::new(|_| {})).unwrap();
         assert_eq!(bus.next_seq, 4);
         tx.send_blocking(append(Some("db"), "x", 9, &atx)).unwrap();
         assert_eq!(arx.recv().unwrap(), Ok(4));
@@ -500,7 +645,12 @@ mod tests {
         // /dev/full accepts opens and fails every write with ENOSPC.
         let dir = tempfile::tempdir().unwrap();
         let layout = StateLayout::new(dir.path());
-        let (bus, tx) = start(&layout, Box::new(|_| panic!("nothing is delivered"))).unwrap();
+        let (bus, tx) = start(
+            &layout,
+            Rotation::default(),
+            Box::new(|_| panic!("nothing is delivered")),
+        )
+        .unwrap();
         // The writer opens its files on the first commit.
         std::os::unix::fs::symlink("/dev/full", layout.bus_all_log()).unwrap();
         let (atx, arx) = mpsc::channel();
@@ -509,5 +659,62 @@ mod tests {
         drop(tx);
         bus.join();
         assert!(read_records(&layout.bus_vm_log("web")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn files_rotate_by_size_keep_n_and_recovery_reads_the_newest_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StateLayout::new(dir.path());
+        let rotation = Rotation {
+            max_bytes: 300,
+            keep: 2,
+        };
+        let (bus, tx) = start(&layout, rotation, Box::new(|_| {})).unwrap();
+        let (atx, arx) = mpsc::channel();
+        // One at a time, so each commit is one record (~75 bytes a line).
+        for i in 0..20 {
+            tx.send_blocking(append(Some("web"), "t", i, &atx)).unwrap();
+            assert_eq!(arx.recv().unwrap(), Ok(i as u64 + 1));
+        }
+        drop(tx);
+        bus.join();
+        let all = layout.bus_all_log();
+        let gens = generations(&all);
+        assert_eq!(
+            gens,
+            vec![rotated_path(&all, 2), rotated_path(&all, 1), all.clone()]
+        );
+        assert!(!rotated_path(&all, 3).exists());
+        let mut seqs = Vec::new();
+        for g in &gens {
+            let len = std::fs::metadata(g).map(|m| m.len()).unwrap_or(0);
+            if g != &all {
+                // Rotated once full, between commits: whole lines only.
+                assert!((300..380).contains(&len), "{} is {len} bytes", g.display());
+                assert!(std::fs::read_to_string(g).unwrap().ends_with("}\n"));
+            }
+            seqs.extend(read_records(g).unwrap().into_iter().map(|r| r.seq));
+        }
+        // The kept generations hold a contiguous run ending at the last seq.
+        assert_eq!(*seqs.last().unwrap(), 20);
+        assert_eq!(seqs, (seqs[0]..=20).collect::<Vec<_>>());
+
+        // The live files are empty (or gone) right after a rotation: the
+        // sequence still continues from the newest rotated file.
+        for live in [all.clone(), layout.bus_vm_log("web")] {
+            if live.exists() {
+                rotate(&live, 2).unwrap();
+            }
+            std::fs::write(&live, "").unwrap();
+        }
+        assert_eq!(recover(&layout.bus_log_dir()).unwrap().next_seq, 21);
+        std::fs::remove_file(&all).unwrap();
+        std::fs::remove_file(layout.bus_vm_log("web")).unwrap();
+        assert_eq!(recover(&layout.bus_log_dir()).unwrap().next_seq, 21);
+        let (bus, tx) = start(&layout, rotation, Box::new(|_| {})).unwrap();
+        tx.send_blocking(append(None, "t", 0, &atx)).unwrap();
+        assert_eq!(arx.recv().unwrap(), Ok(21));
+        drop(tx);
+        bus.join();
     }
 }

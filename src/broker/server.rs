@@ -63,6 +63,8 @@ pub struct BrokerOptions {
     pub frame_limit: u32,
     pub max_connections: usize,
     pub hub: HubConfig,
+    /// When the bus log files rotate.
+    pub bus_log_rotation: buslog::Rotation,
 }
 
 impl BrokerOptions {
@@ -75,6 +77,7 @@ impl BrokerOptions {
             frame_limit: frame::DEFAULT_FRAME_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             hub: HubConfig::default(),
+            bus_log_rotation: buslog::Rotation::default(),
         }
     }
 }
@@ -165,6 +168,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
     let deliver_tx = hub_tx.clone();
     let (buslog, log_tx) = buslog::start(
         &layout,
+        opts.bus_log_rotation,
         Box::new(move |c: buslog::Committed| {
             let _ = deliver_tx.try_send(HubMsg::Deliver {
                 topic: c.topic,

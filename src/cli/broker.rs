@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::broker::{self, BrokerOptions};
-use crate::broker::{frame, hub, server, session};
+use crate::broker::{buslog, frame, hub, server, session};
 use crate::config::DEFAULT_BROKER_PORT;
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +44,12 @@ pub struct BrokerArgs {
     /// Time between those retries.
     #[arg(long, value_name = "MS", default_value_t = hub::DEFAULT_RETRY_INTERVAL.as_millis() as u64)]
     pub slow_consumer_retry_ms: u64,
+    /// Size at which a bus log file (`logs/bus/*.log`) rotates to `.1`.
+    #[arg(long, value_name = "BYTES", default_value_t = buslog::DEFAULT_ROTATE_BYTES)]
+    pub bus_log_max_bytes: u64,
+    /// Rotated bus log files kept per log (`.1` newest .. `.N` oldest).
+    #[arg(long, value_name = "N", default_value_t = buslog::DEFAULT_ROTATE_KEEP)]
+    pub bus_log_keep: u32,
 }
 
 pub fn run(args: &BrokerArgs) -> Result<ExitCode> {
@@ -57,6 +63,10 @@ pub fn run(args: &BrokerArgs) -> Result<ExitCode> {
         queue_frames: args.bus_queue_frames.max(1),
         max_retries: args.slow_consumer_retries,
         retry_interval: std::time::Duration::from_millis(args.slow_consumer_retry_ms.max(1)),
+    };
+    opts.bus_log_rotation = buslog::Rotation {
+        max_bytes: args.bus_log_max_bytes.max(1),
+        keep: args.bus_log_keep.max(1),
     };
     broker::run(opts)?;
     Ok(ExitCode::SUCCESS)

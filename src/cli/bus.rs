@@ -1,10 +1,12 @@
 //! `castra bus publish` and `castra bus tail`: the host's side of the bus.
 //! Publish goes through the broker's Unix socket and succeeds only on the
-//! durable ack; tail reads (and follows) the bus log files directly, so it
-//! never waits on the broker. Rendering of log lines is pure (tested here).
+//! durable ack; tail reads (and follows) the bus log files directly, across
+//! their rotated generations, so it never waits on the broker. Rendering of
+//! log lines is pure (tested here).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::broker::buslog::LogRecord;
+use crate::broker::buslog::{LogRecord, generations};
 use crate::broker::events::utc;
 use crate::broker::frame::DEFAULT_FRAME_LIMIT;
 use crate::broker::host_client;
@@ -133,7 +135,7 @@ fn tail(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
         Some(vm) => layout.bus_vm_log(vm),
         None => layout.bus_all_log(),
     };
-    if !args.follow && !path.exists() {
+    if !args.follow && generations(&path).len() == 1 && !path.exists() {
         bail!(
             "no bus log at {} yet: nothing was published{}",
             path.display(),
@@ -144,11 +146,11 @@ fn tail(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
         );
     }
     let mut out = io::stdout().lock();
-    let mut pos = 0u64;
+    // Rotated generations first (oldest to newest), then the live file.
+    let mut reader = LiveReader::new(path);
+    let mut lines = reader.poll()?;
     let mut first = true;
     loop {
-        let (lines, next) = read_new(&path, pos)?;
-        pos = next;
         let mut recs: Vec<(&str, LogRecord)> = lines
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l.as_str(), r)))
@@ -174,18 +176,101 @@ fn tail(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(FOLLOW_POLL);
+        lines = reader.poll()?;
+    }
+}
+
+/// Reads a log from its oldest kept generation to the live file, then
+/// follows the live file across rotation: it keeps the file it reads open,
+/// and when the live name points at another file (the broker renamed it to
+/// `.1` and started a new one) it reads the old one to its end, then goes on
+/// with the next newer generation (by inode), up to the live file again.
+struct LiveReader {
+    path: PathBuf,
+    /// The file being read, its inode, and the position after the last whole line.
+    current: Option<(File, u64, u64)>,
+    /// The inode of the last file read to its end, to find its successor.
+    finished: Option<u64>,
+}
+
+/// Inode of a path, if it exists.
+fn inode(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+impl LiveReader {
+    fn new(path: PathBuf) -> Self {
+        LiveReader {
+            path,
+            current: None,
+            finished: None,
+        }
+    }
+
+    /// The file to read next: the generation after the finished one, else
+    /// the oldest kept one (at the start, or if the finished one was
+    /// rotated away meanwhile).
+    fn next_file(&self) -> Result<Option<(File, u64)>> {
+        let gens = generations(&self.path);
+        let inodes: Vec<Option<u64>> = gens.iter().map(|p| inode(p)).collect();
+        let next = match self.finished {
+            None => 0,
+            Some(done) => inodes
+                .iter()
+                .position(|i| *i == Some(done))
+                .map_or(0, |i| i + 1),
+        };
+        for path in gens.iter().skip(next) {
+            match File::open(path) {
+                Ok(f) => {
+                    let ino = f
+                        .metadata()
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .ino();
+                    return Ok(Some((f, ino)));
+                }
+                // Renamed meanwhile: the next newer name holds the next file.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read {}", path.display()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every complete line added since the last call.
+    fn poll(&mut self) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        loop {
+            let live_ino = inode(&self.path);
+            match &mut self.current {
+                None => match self.next_file()? {
+                    Some((file, ino)) => self.current = Some((file, ino, 0)),
+                    None => return Ok(lines),
+                },
+                Some((file, ino, pos)) => {
+                    let rotated = live_ino != Some(*ino);
+                    let (new, next) = read_lines(file, *pos, &self.path)?;
+                    *pos = next;
+                    lines.extend(new);
+                    if !rotated {
+                        return Ok(lines);
+                    }
+                    // Not the live file: it is complete (the broker rotates
+                    // between commits); go on with the next newer one.
+                    self.finished = Some(*ino);
+                    self.current = None;
+                }
+            }
+        }
     }
 }
 
 /// Complete lines after `pos` (a torn last line waits for its newline), and
 /// the new position. A file that shrank (cut at a broker restart) is read
 /// again from where it now ends.
-fn read_new(path: &Path, pos: u64) -> Result<(Vec<String>, u64)> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
+fn read_lines(file: &mut File, pos: u64, path: &Path) -> Result<(Vec<String>, u64)> {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut pos = pos.min(len);
     file.seek(SeekFrom::Start(pos))
@@ -211,6 +296,15 @@ fn read_new(path: &Path, pos: u64) -> Result<(Vec<String>, u64)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Complete lines of a whole file after `pos`, and the new position.
+    fn read_new(path: &Path, pos: u64) -> Result<(Vec<String>, u64)> {
+        match File::open(path) {
+            Ok(mut f) => read_lines(&mut f, pos, path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Vec::new(), 0)),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
 
     #[test]
     fn lines_render_and_torn_tails_wait() {
@@ -243,5 +337,54 @@ mod tests {
             2024-05-01T12:34:56.789Z #1 vm:web broadcast {"n":1}
             2024-05-01T12:34:56.789Z #2 host vm:web id="x1" {"n":2}
             "#);
+    }
+
+    #[test]
+    fn a_follower_reads_the_old_file_to_its_end_then_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("all.log");
+        let mut reader = LiveReader::new(live.clone());
+        assert!(reader.poll().unwrap().is_empty());
+        std::fs::write(&live, "a\nb\n").unwrap();
+        assert_eq!(reader.poll().unwrap(), ["a", "b"]);
+        // The broker appends, rotates, and starts a new file before we look again.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&live)
+            .unwrap();
+        f.write_all(b"c\n").unwrap();
+        std::fs::rename(&live, dir.path().join("all.log.1")).unwrap();
+        std::fs::write(&live, "d\ne").unwrap();
+        assert_eq!(reader.poll().unwrap(), ["c", "d"]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&live)
+            .unwrap();
+        f.write_all(b"\n").unwrap();
+        assert_eq!(reader.poll().unwrap(), ["e"]);
+        assert!(reader.poll().unwrap().is_empty());
+
+        // Two rotations between looks: nothing in between is skipped.
+        for (gen_text, name) in [("f\n", "all.log.2"), ("g\n", "all.log.1")] {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&live)
+                .unwrap();
+            f.write_all(gen_text.as_bytes()).unwrap();
+            if name == "all.log.2" {
+                std::fs::rename(dir.path().join("all.log.1"), dir.path().join(name)).unwrap();
+                std::fs::rename(&live, dir.path().join("all.log.1")).unwrap();
+            } else {
+                std::fs::rename(dir.path().join("all.log.1"), dir.path().join("all.log.2"))
+                    .unwrap();
+                std::fs::rename(&live, dir.path().join(name)).unwrap();
+            }
+            std::fs::write(&live, "").unwrap();
+        }
+        std::fs::write(&live, "h\n").unwrap();
+        assert_eq!(reader.poll().unwrap(), ["f", "g", "h"]);
+        // A new reader starts at the oldest kept generation.
+        let mut fresh = LiveReader::new(live.clone());
+        assert_eq!(fresh.poll().unwrap(), ["d", "e", "f", "g", "h"]);
     }
 }
