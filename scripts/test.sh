@@ -12,4 +12,5 @@ cargo clippy --all-targets -- -D warnings
 ./scripts/build.sh >/dev/null
 # Nix files: parse every one, evaluate what evaluates offline (docs/NIX.md).
 CASTRA_BIN="$PWD/target/debug/castra" ./scripts/check-nix.sh
-INSTA_UPDATE=no cargo test --all-targets -- --test-threads=2
+# Benchmarks are left out on purpose: they run on demand (cargo bench).
+INSTA_UPDATE=no cargo test --lib --bins --tests -- --test-threads=2
