@@ -2,6 +2,7 @@
 //! and its run logs (`vms/<vm>/bootstrap/<run>.log`). Written by apply,
 //! read by plan and status. Secret values never reach these files.
 
+use crate::fsutil::{ReadJsonError, read_json};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -71,27 +72,22 @@ pub enum RecordError {
 
 /// `Ok(None)` when the VM never bootstrapped.
 pub fn read(path: &Path) -> Result<Option<BootstrapRecord>, RecordError> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| RecordError::Parse {
-                    path: path.to_owned(),
-                    source,
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RecordError::Read {
+    read_json(path).map_err(|e| match e {
+        ReadJsonError::Read(source) => RecordError::Read {
             path: path.to_owned(),
             source,
-        }),
-    }
+        },
+        ReadJsonError::Parse(source) => RecordError::Parse {
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 /// Write atomically (temp file + rename).
 pub fn write(path: &Path, record: &BootstrapRecord) -> Result<(), RecordError> {
     let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-    crate::broker::recorder::write_atomic(path, &bytes).map_err(|source| RecordError::Write {
+    crate::fsutil::write_atomic(path, &bytes).map_err(|source| RecordError::Write {
         path: path.to_owned(),
         source,
     })

@@ -5,10 +5,11 @@
 //! `status` requests from the host socket. It never touches a socket, so a
 //! slow disk delays files, never sessions.
 
+use crate::fsutil::write_atomic;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -195,7 +196,7 @@ impl Worker {
     fn write_state(&mut self) {
         let json = self.render(unix_ms());
         self.last_write = Some(Instant::now());
-        match write_atomic(&self.state_path, json.as_bytes()) {
+        match write_atomic(&self.state_path, format!("{json}\n").as_bytes()) {
             Ok(()) => self.dirty = false,
             Err(e) => log(&format!(
                 "cannot write broker state {}: {e} (retrying on the next change)",
@@ -203,22 +204,6 @@ impl Worker {
             )),
         }
     }
-}
-
-/// Write `bytes` to `path` by writing `<path>.tmp`, fsyncing it and renaming.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Milliseconds since the unix epoch.

@@ -127,7 +127,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
     let unix = bind_unix(&socket_path)?;
     let pid = std::process::id();
     let pidfile = layout.broker_pidfile();
-    if let Err(e) = super::recorder::write_atomic(&pidfile, pid.to_string().as_bytes()) {
+    if let Err(e) = crate::fsutil::write_atomic(&pidfile, format!("{pid}\n").as_bytes()) {
         log(&format!("cannot write {}: {e}", pidfile.display()));
     }
 

@@ -320,11 +320,9 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-/// Writes a file through a temporary sibling and a rename.
+/// Writes a file through a temporary sibling and a rename (`fsutil::write_atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(ImageError::io(&tmp))?;
-    fs::rename(&tmp, path).map_err(ImageError::io(path))
+    crate::fsutil::write_atomic(path, bytes).map_err(ImageError::io(path))
 }
 
 /// A uniquely named directory removed (with its contents) on drop unless

@@ -6,10 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::VmSpec;
+use crate::fsutil::{ReadJsonError, read_json, write_atomic};
 use crate::qemu::Accel;
 use crate::qemu::process::ProcessIdentity;
 
@@ -64,33 +64,23 @@ pub enum RecordError {
 
 /// `Ok(None)` when there is no record.
 pub fn read(path: &Path) -> Result<Option<LaunchRecord>, RecordError> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| RecordError::Parse {
-                    path: path.to_owned(),
-                    source,
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RecordError::Read {
+    read_json(path).map_err(|e| match e {
+        ReadJsonError::Read(source) => RecordError::Read {
             path: path.to_owned(),
             source,
-        }),
-    }
+        },
+        ReadJsonError::Parse(source) => RecordError::Parse {
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 /// Write atomically: a crash leaves the old record or the new one, never half.
 pub fn write(path: &Path, record: &LaunchRecord) -> Result<(), RecordError> {
-    let err = |source| RecordError::Write {
+    let body = serde_json::to_vec_pretty(record).unwrap_or_default();
+    write_atomic(path, &body).map_err(|source| RecordError::Write {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    let body = serde_json::to_vec_pretty(record).unwrap_or_default();
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
