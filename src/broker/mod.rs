@@ -9,6 +9,7 @@ pub mod events;
 pub mod frame;
 pub mod hello;
 pub mod host_client;
+pub mod host_socket;
 pub mod hub;
 pub mod line;
 pub mod reason;

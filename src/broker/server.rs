@@ -1,6 +1,6 @@
 //! The broker process (`castra broker`): smol + async-net. Listens on
 //! 127.0.0.1:<port> for guests and on `<state_root>/broker/broker.sock`
-//! (0600) for host tools; runs one task per connection that feeds the pure
+//! (0600) for host tools (served by `host_socket.rs`); runs one task per connection that feeds the pure
 //! [`Session`] machine and carries out its effects; stops on SIGTERM/SIGINT
 //! after sending `bye shutdown` to every session. What the protocol means is
 //! in `session`; what is recorded and written is in `recorder`; publishes
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_net::unix::{UnixListener, UnixStream};
+use async_net::unix::UnixListener;
 use async_net::{TcpListener, TcpStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use smol::Timer;
@@ -29,13 +29,14 @@ use serde_json::Value;
 
 use super::buslog::{self, Append};
 use super::events::Event;
-use super::frame::{self, AckKind, BrokerFrame, ClientFrame, Decoder};
+use super::frame::{self, ClientFrame, Decoder};
 use super::hello::{GREETING, MAX_HELLO_LINE, Reply};
+use super::host_socket;
 use super::hub::{self, Frame, Hub, HubConfig, HubMsg};
 use super::line::{LinePush, LineReader};
 use super::reason::Reason;
 use super::recorder::{Recorder, RecorderHandle, log, unix_ms};
-use super::session::{Effect, Input, Record, Session, SessionConfig};
+use super::session::{Effect, Input, Session, SessionConfig};
 use super::state::{BrokerSnapshot, read_snapshot};
 use super::token::{TokenLookup, read_token_file};
 use crate::layout::{MAX_SOCKET_PATH, StateLayout};
@@ -200,7 +201,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
     smol::spawn(hub::run(hub, hub_rx, ctx.recorder.clone())).detach();
     smol::block_on(async {
         accept_guests(ctx.clone(), tcp)
-            .or(accept_host(ctx.clone(), unix))
+            .or(host_socket::accept_host(ctx.clone(), unix))
             .await;
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while ctx.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -281,24 +282,24 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, BrokerError> {
     UnixListener::try_from(listener).map_err(err)
 }
 
-struct Ctx {
-    opts: BrokerOptions,
-    layout: StateLayout,
-    start: Instant,
-    recorder: RecorderHandle,
-    connections: Arc<AtomicUsize>,
+pub(super) struct Ctx {
+    pub(super) opts: BrokerOptions,
+    pub(super) layout: StateLayout,
+    pub(super) start: Instant,
+    pub(super) recorder: RecorderHandle,
+    pub(super) connections: Arc<AtomicUsize>,
     /// Never sent on: closed (by dropping its sender) when the broker stops.
-    shutdown: smol::channel::Receiver<()>,
-    hub: smol::channel::Sender<HubMsg>,
+    pub(super) shutdown: smol::channel::Receiver<()>,
+    pub(super) hub: smol::channel::Sender<HubMsg>,
     /// Publishes to make durable. The writer thread is never joined: what it
     /// has not synced when the process exits was never acknowledged.
-    bus_log: smol::channel::Sender<Append>,
-    next_key: AtomicU64,
+    pub(super) bus_log: smol::channel::Sender<Append>,
+    pub(super) next_key: AtomicU64,
 }
 
 impl Ctx {
     /// Monotonic milliseconds since the broker started (the session clock).
-    fn now_ms(&self) -> u64 {
+    pub(super) fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
@@ -314,16 +315,16 @@ impl Ctx {
         found
     }
 
-    async fn stopped(&self) {
+    pub(super) async fn stopped(&self) {
         let _ = self.shutdown.recv().await;
     }
 }
 
 /// Counts a connection while it lives.
-struct ConnGuard(Arc<AtomicUsize>);
+pub(super) struct ConnGuard(Arc<AtomicUsize>);
 
 impl ConnGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::SeqCst);
         ConnGuard(counter.clone())
     }
@@ -866,133 +867,3 @@ async fn write_frames(
     };
     let _ = stream.shutdown(how);
 }
-
-async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
-    loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                ctx.stopped().await;
-                None
-            })
-            .await;
-        match accepted {
-            None => return,
-            Some(Ok((stream, _))) => {
-                let guard = ConnGuard::new(&ctx.connections);
-                let ctx = ctx.clone();
-                smol::spawn(async move {
-                    let _guard = guard;
-                    serve_host(ctx, stream).await;
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                log(&format!("accept on the host socket failed: {e}"));
-                Timer::after(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Host socket: one request line, one reply line.
-///
-/// - `status`: the state snapshot as JSON.
-/// - `publish {"topic":T,"payload":ANY,"id"?:ANY}`: a durable host publish;
-///   the reply is the publish ack frame's JSON (`seq` when `status` is ok),
-///   sent only after the append is synced.
-/// - anything else: `error: unknown_request`.
-async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
-    let max = ctx.opts.frame_limit as usize + HOST_REQUEST_OVERHEAD;
-    let mut reader = LineReader::new(max);
-    let mut buf = vec![0u8; 16 * 1024];
-    let line = loop {
-        let n = async { stream.read(&mut buf).await.ok() }
-            .or(async {
-                Timer::after(Duration::from_secs(5)).await;
-                None
-            })
-            .await;
-        match n {
-            None | Some(0) => return,
-            Some(n) => match reader.push(&buf[..n]) {
-                LinePush::NeedMore => continue,
-                LinePush::TooLong => {
-                    let ack = BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, None);
-                    let reply = serde_json::to_string(&ack).unwrap_or_default();
-                    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
-                    return;
-                }
-                LinePush::Line { line, .. } => break line,
-            },
-        }
-    };
-    let text = String::from_utf8_lossy(&line);
-    let text = text.trim();
-    let reply = if text == "status" {
-        match ctx.recorder.status().await {
-            Some(json) => json,
-            None => Reply::Error(Reason::InternalError).to_line(),
-        }
-    } else if let Some(body) = text.strip_prefix("publish ") {
-        let ack = host_publish(&ctx, body).await;
-        serde_json::to_string(&ack).unwrap_or_default()
-    } else {
-        Reply::Error(Reason::UnknownRequest).to_line()
-    };
-    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
-}
-
-/// Room for `publish ` and the request's own fields beyond the frame limit.
-pub const HOST_REQUEST_OVERHEAD: usize = 1024;
-
-async fn host_publish(ctx: &Ctx, body: &str) -> BrokerFrame {
-    let bad = |reason| BrokerFrame::ack_error(AckKind::Publish, reason, None);
-    let mut value: Value = match serde_json::from_str(body) {
-        Ok(v) => v,
-        Err(_) => return bad(Reason::InvalidJson),
-    };
-    let Some(obj) = value.as_object_mut() else {
-        return bad(Reason::InvalidJson);
-    };
-    obj.insert("type".into(), Value::from("publish"));
-    let (topic, payload, id) = match serde_json::from_value::<ClientFrame>(value) {
-        Ok(ClientFrame::Publish { topic, payload, id }) => (topic, payload, id),
-        Ok(_) | Err(_) => return bad(Reason::BadFrame),
-    };
-    if body.len() > ctx.opts.frame_limit as usize {
-        return BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, id);
-    }
-    if let Err(reason) = super::topic::check(&topic) {
-        return BrokerFrame::ack_error(AckKind::Publish, reason, id);
-    }
-    let (tx, rx) = smol::channel::bounded(1);
-    let append = Append {
-        vm: None,
-        topic,
-        payload,
-        id: id.clone(),
-        done: Box::new(move |r| {
-            let _ = tx.try_send(r);
-        }),
-    };
-    if ctx.bus_log.send(append).await.is_err() {
-        return BrokerFrame::ack_error(AckKind::Publish, Reason::StorageError, id);
-    }
-    let result = async { rx.recv().await.unwrap_or(Err(Reason::StorageError)) }
-        .or(async {
-            Timer::after(HOST_PUBLISH_TIMEOUT).await;
-            Err(Reason::StorageError)
-        })
-        .await;
-    match result {
-        Ok(seq) => {
-            ctx.recorder
-                .record(Record::Published { vm: None, seq }, HOST_PEER);
-            BrokerFrame::ack_published(seq, id)
-        }
-        Err(reason) => BrokerFrame::ack_error(AckKind::Publish, reason, id),
-    }
-}
-
-/// The peer recorded for host-socket requests (they have no address).
-const HOST_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);

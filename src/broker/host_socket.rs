@@ -1,0 +1,153 @@
+//! The broker's host socket (`<state_root>/broker/broker.sock`, 0600): one
+//! request line, one reply line, for host tools (`castra bus publish`,
+//! status requests). Guests never reach it; their port is served by
+//! `server.rs`, which owns the shared context this module borrows.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_net::unix::{UnixListener, UnixStream};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use smol::Timer;
+
+use serde_json::Value;
+
+use super::buslog::Append;
+use super::frame::{AckKind, BrokerFrame, ClientFrame};
+use super::hello::Reply;
+use super::line::{LinePush, LineReader};
+use super::reason::Reason;
+use super::recorder::log;
+use super::server::{ConnGuard, Ctx, HOST_PUBLISH_TIMEOUT};
+use super::session::Record;
+
+pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                ctx.stopped().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok((stream, _))) => {
+                let guard = ConnGuard::new(&ctx.connections);
+                let ctx = ctx.clone();
+                smol::spawn(async move {
+                    let _guard = guard;
+                    serve_host(ctx, stream).await;
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                log(&format!("accept on the host socket failed: {e}"));
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Host socket: one request line, one reply line.
+///
+/// - `status`: the state snapshot as JSON.
+/// - `publish {"topic":T,"payload":ANY,"id"?:ANY}`: a durable host publish;
+///   the reply is the publish ack frame's JSON (`seq` when `status` is ok),
+///   sent only after the append is synced.
+/// - anything else: `error: unknown_request`.
+async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
+    let max = ctx.opts.frame_limit as usize + HOST_REQUEST_OVERHEAD;
+    let mut reader = LineReader::new(max);
+    let mut buf = vec![0u8; 16 * 1024];
+    let line = loop {
+        let n = async { stream.read(&mut buf).await.ok() }
+            .or(async {
+                Timer::after(Duration::from_secs(5)).await;
+                None
+            })
+            .await;
+        match n {
+            None | Some(0) => return,
+            Some(n) => match reader.push(&buf[..n]) {
+                LinePush::NeedMore => continue,
+                LinePush::TooLong => {
+                    let ack = BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, None);
+                    let reply = serde_json::to_string(&ack).unwrap_or_default();
+                    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+                    return;
+                }
+                LinePush::Line { line, .. } => break line,
+            },
+        }
+    };
+    let text = String::from_utf8_lossy(&line);
+    let text = text.trim();
+    let reply = if text == "status" {
+        match ctx.recorder.status().await {
+            Some(json) => json,
+            None => Reply::Error(Reason::InternalError).to_line(),
+        }
+    } else if let Some(body) = text.strip_prefix("publish ") {
+        let ack = host_publish(&ctx, body).await;
+        serde_json::to_string(&ack).unwrap_or_default()
+    } else {
+        Reply::Error(Reason::UnknownRequest).to_line()
+    };
+    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+}
+
+/// Room for `publish ` and the request's own fields beyond the frame limit.
+pub const HOST_REQUEST_OVERHEAD: usize = 1024;
+
+async fn host_publish(ctx: &Ctx, body: &str) -> BrokerFrame {
+    let bad = |reason| BrokerFrame::ack_error(AckKind::Publish, reason, None);
+    let mut value: Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(_) => return bad(Reason::InvalidJson),
+    };
+    let Some(obj) = value.as_object_mut() else {
+        return bad(Reason::InvalidJson);
+    };
+    obj.insert("type".into(), Value::from("publish"));
+    let (topic, payload, id) = match serde_json::from_value::<ClientFrame>(value) {
+        Ok(ClientFrame::Publish { topic, payload, id }) => (topic, payload, id),
+        Ok(_) | Err(_) => return bad(Reason::BadFrame),
+    };
+    if body.len() > ctx.opts.frame_limit as usize {
+        return BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, id);
+    }
+    if let Err(reason) = super::topic::check(&topic) {
+        return BrokerFrame::ack_error(AckKind::Publish, reason, id);
+    }
+    let (tx, rx) = smol::channel::bounded(1);
+    let append = Append {
+        vm: None,
+        topic,
+        payload,
+        id: id.clone(),
+        done: Box::new(move |r| {
+            let _ = tx.try_send(r);
+        }),
+    };
+    if ctx.bus_log.send(append).await.is_err() {
+        return BrokerFrame::ack_error(AckKind::Publish, Reason::StorageError, id);
+    }
+    let result = async { rx.recv().await.unwrap_or(Err(Reason::StorageError)) }
+        .or(async {
+            Timer::after(HOST_PUBLISH_TIMEOUT).await;
+            Err(Reason::StorageError)
+        })
+        .await;
+    match result {
+        Ok(seq) => {
+            ctx.recorder
+                .record(Record::Published { vm: None, seq }, HOST_PEER);
+            BrokerFrame::ack_published(seq, id)
+        }
+        Err(reason) => BrokerFrame::ack_error(AckKind::Publish, reason, id),
+    }
+}
+
+/// The peer recorded for host-socket requests (they have no address).
+const HOST_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
