@@ -275,13 +275,19 @@ pub fn probe(id: &ProcessIdentity, marker: &str) -> Liveness {
     match fs::read(format!("/proc/{}/cmdline", id.pid)) {
         Err(_) => Liveness::Gone,
         Ok(cmdline) if cmdline_has(&cmdline, marker) => Liveness::Alive,
-        // Exited between the two reads: the kernel empties a zombie's cmdline.
-        Ok(cmdline) if cmdline.is_empty() => match read_stat(id.pid) {
-            Some(s) if s.start_ticks == id.start_ticks => Liveness::Zombie,
-            Some(_) => Liveness::Reused,
+        // No marker: either not our QEMU, or ours exiting between the two
+        // reads (the kernel empties, or half-tears down, a dying process's
+        // cmdline; seen once in CI as Reused right after SIGKILL). Look again.
+        Ok(_) => match read_stat(id.pid) {
+            Some(s) if s.start_ticks != id.start_ticks => Liveness::Reused,
+            Some(s) if s.state == 'Z' || s.state == 'X' => Liveness::Zombie,
+            Some(_) => match fs::read(format!("/proc/{}/cmdline", id.pid)) {
+                Ok(c) if c.is_empty() => Liveness::Zombie,
+                Ok(_) => Liveness::Reused,
+                Err(_) => Liveness::Gone,
+            },
             None => Liveness::Gone,
         },
-        Ok(_) => Liveness::Reused,
     }
 }
 
