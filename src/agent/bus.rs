@@ -5,13 +5,13 @@
 //! delivered message as one JSON line, acknowledges it, heartbeats, and
 //! exits non-zero when the session ends (a script loops to reconnect).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::client::{Ended, Target, handshake};
+use super::client::{Ended, Target, handshake, read_available};
 use crate::broker::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame, Decoder};
 
 /// How long publish waits for its ack.
@@ -72,22 +72,7 @@ impl BusClient {
                 return Ok(None);
             }
             self.stream.set_read_timeout(Some(left))?;
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "broker closed the connection",
-                    ));
-                }
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+            read_available(&mut self.stream, &mut buf, &mut self.pending)?;
         }
     }
 }

@@ -214,21 +214,34 @@ fn heartbeat_loop(
             next.saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1)),
         ))?;
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "broker closed the connection",
-                ));
-            }
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        read_available(stream, &mut buf, &mut pending)?;
+    }
+}
+
+/// Append what the broker sent within the stream's read timeout to
+/// `pending`; a timeout or interruption is not an error, EOF is.
+pub(super) fn read_available(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    pending: &mut Vec<u8>,
+) -> io::Result<()> {
+    match stream.read(buf) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "broker closed the connection",
+        )),
+        Ok(n) => {
+            pending.extend_from_slice(&buf[..n]);
+            Ok(())
         }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }

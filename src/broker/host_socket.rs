@@ -24,12 +24,7 @@ use super::session::Record;
 
 pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
     loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                ctx.stopped().await;
-                None
-            })
-            .await;
+        let accepted = ctx.unless_stopped(listener.accept()).await;
         match accepted {
             None => return,
             Some(Ok((stream, _))) => {

@@ -318,6 +318,16 @@ impl Ctx {
     pub(super) async fn stopped(&self) {
         let _ = self.shutdown.recv().await;
     }
+
+    /// `fut`'s output, or `None` once the broker is stopping.
+    pub(super) async fn unless_stopped<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
+        async { Some(fut.await) }
+            .or(async {
+                self.stopped().await;
+                None
+            })
+            .await
+    }
 }
 
 /// Counts a connection while it lives.
@@ -338,12 +348,7 @@ impl Drop for ConnGuard {
 
 async fn accept_guests(ctx: Arc<Ctx>, listener: TcpListener) {
     loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                ctx.stopped().await;
-                None
-            })
-            .await;
+        let accepted = ctx.unless_stopped(listener.accept()).await;
         match accepted {
             None => return,
             Some(Ok((stream, peer))) => {
