@@ -15,10 +15,12 @@
       toToml = import ./nix/castra-toml.nix;
       guest = import ./nix/guest-image.nix;
 
-      guestSystem = system: nixpkgs.lib.nixosSystem {
+      guestSystem = system: extraModules: nixpkgs.lib.nixosSystem {
         inherit system;
-        modules = [ self.nixosModules.guest guest.guestModule ];
+        modules = [ self.nixosModules.guest guest.guestModule ] ++ extraModules;
       };
+      mkGuestImage = system: pkgs: extraModules:
+        guest.image { inherit pkgs toToml; system = guestSystem system extraModules; };
     in
     {
       lib = { inherit toToml; };
@@ -28,7 +30,7 @@
         default = self.packages.${system}.castra;
         castra-agent = pkgs.pkgsStatic.callPackage ./nix/package.nix { agentOnly = true; };
       } // nixpkgs.lib.optionalAttrs (system == "x86_64-linux") {
-        guest-image = guest.image { inherit pkgs toToml; system = guestSystem system; };
+        guest-image = mkGuestImage system pkgs [ ];
       });
 
       apps = forAllSystems (system: pkgs: {
@@ -49,7 +51,7 @@
 
       # A NixOS configuration for the guest image, for `nixos-rebuild build-vm`
       # style inspection (`nix eval .#nixosConfigurations.castra-guest.config...`).
-      nixosConfigurations.castra-guest = guestSystem "x86_64-linux";
+      nixosConfigurations.castra-guest = guestSystem "x86_64-linux" [ ];
 
       checks = forAllSystems (system: pkgs:
         let
@@ -95,7 +97,7 @@
           '';
         } // nixpkgs.lib.optionalAttrs (system == "x86_64-linux") (import ./nixos-tests {
           inherit pkgs castra toToml;
-          guestImage = self.packages.${system}.guest-image;
+          mkGuestImage = mkGuestImage system pkgs;
         }));
 
       devShells = forAllSystems (system: pkgs: {

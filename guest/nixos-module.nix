@@ -10,9 +10,9 @@
 # By default the agent learns everything from the guest itself, as castra
 # launches it: `castra.vm=` and `castra.broker_port=` on the kernel command
 # line and the per-launch token through QEMU fw_cfg. See docs/NIX.md.
-{ config, lib, ... }:
+{ config, lib, pkgs, ... }:
 let
-  inherit (lib) mkEnableOption mkIf mkOption optionals types literalExpression;
+  inherit (lib) mkEnableOption mkIf mkMerge mkOption optionals optionalAttrs types literalExpression;
   cfg = config.services.castra-agent;
 
   # Where castra's `-fw_cfg name=opt/castra/token,file=...` appears in the guest.
@@ -98,6 +98,42 @@ in
       '';
     };
 
+    bootstrap.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Let the agent run the bootstraps `castra apply` sends (`script`,
+        `run`, `flake` = `nix run`, `nixos` = `nixos-rebuild switch --flake`;
+        docs/CONFIG.md). A bootstrap provisions the guest, so the agent then
+        runs as unconfined root (like cloud-init) with `bootstrap.path` on its
+        PATH. `false` runs the agent in a tight systemd sandbox (no
+        capabilities, read-only system, IP sockets only): it still holds the
+        bus session and heartbeats, but a bootstrap fails (read-only file
+        system, no Nix daemon socket), and its run log says so.
+      '';
+    };
+
+    bootstrap.path = mkOption {
+      type = types.listOf types.package;
+      default = [
+        config.nix.package
+        config.system.build.nixos-rebuild
+        pkgs.git
+        pkgs.bash
+        pkgs.coreutils
+        pkgs.gnugrep
+        pkgs.gnused
+        pkgs.findutils
+      ];
+      defaultText = literalExpression
+        "[ config.nix.package config.system.build.nixos-rebuild pkgs.git pkgs.bash pkgs.coreutils pkgs.gnugrep pkgs.gnused pkgs.findutils ]";
+      description = ''
+        Packages on the PATH of bootstrap commands (and the agent). The
+        agent itself is always on it, so a bootstrap can call
+        `castra-agent publish`.
+      '';
+    };
+
     heartbeatMs = mkOption {
       type = types.nullOr types.ints.positive;
       default = null;
@@ -119,36 +155,48 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" "systemd-modules-load.service" ];
+      # A bootstrap may be `nixos-rebuild switch`, run by this very service:
+      # restarting it mid-switch would kill the switch. A changed agent takes
+      # effect on the next boot (castra relaunches guests, not services).
+      restartIfChanged = false;
       # The agent reconnects by itself; it exits only on a configuration
       # error, so systemd's start rate limit is what stops a broken setup.
-      serviceConfig = {
-        ExecStart = lib.escapeShellArgs args;
-        Restart = "always";
-        RestartSec = 2;
-        # Root, because the fw_cfg token file is 0400 root; everything else is
-        # taken away: no capabilities, read-only system, network only.
-        User = "root";
-        CapabilityBoundingSet = "";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged" ];
-        UMask = "0077";
-      };
+      path = [ cfg.package ] ++ optionals cfg.bootstrap.enable cfg.bootstrap.path;
+      serviceConfig = mkMerge [
+        {
+          ExecStart = lib.escapeShellArgs args;
+          Restart = "always";
+          RestartSec = 2;
+          # Root: the fw_cfg token file is 0400 root, and bootstraps provision
+          # the system (nixos-rebuild switch needs all of root).
+          User = "root";
+          # Bootstraps run in the agent's process group; a stop kills them too.
+          KillMode = "control-group";
+        }
+        # Without bootstraps the agent only needs the network and the token.
+        (optionalAttrs (!cfg.bootstrap.enable) {
+          CapabilityBoundingSet = "";
+          NoNewPrivileges = true;
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          RestrictAddressFamilies = [ "AF_INET" "AF_INET6" ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [ "@system-service" "~@privileged" ];
+          UMask = "0077";
+        })
+      ];
     };
   };
 }

@@ -68,16 +68,19 @@ if [ "${CASTRA_CHECK_NIX_NO_CASTRA:-}" != 1 ]; then
         castra_bin=${CARGO_TARGET_DIR:-target}/debug/castra
     fi
     if [ -x "$castra_bin" ]; then
+        castra_bin=$(realpath "$castra_bin")
         tmp=$(mktemp -d)
         trap 'rm -rf "$tmp"' EXIT
-        # The project the NixOS VM test uses, with stand-in store paths.
+        # The project the NixOS VM test uses (with its story-4 bootstrap), with
+        # stand-in store paths.
         nixi --eval --strict --json -E '
           import ./nix/castra-toml.nix {
             project.name = "nixtest";
             vms = [ { name = "web"; machine = "q35"; memory = "1536M";
                       image = { kernel = "/nix/store/x-castra-guest-image/kernel";
                                 initrd = "/nix/store/x-castra-guest-image/initrd";
-                                cmdline = "init=/nix/store/y-nixos-system/init console=ttyS0 panic=-1"; }; }
+                                cmdline = "init=/nix/store/y-nixos-system/init console=ttyS0 panic=-1"; };
+                      bootstrap = { flake = "path:/etc/castra-flake"; env.GREETING = "hello from the host"; timeout = "5m"; }; }
                     { name = "db"; count = 2; forwards = [ "127.0.0.1:5432:5432" "udp:5353:53" ]; } ];
             broker = { port = 7750; allow_tokenless_handshake = false; };
             lifecycle = { powerdown_wait = "20s"; sigterm_wait = "5s"; };

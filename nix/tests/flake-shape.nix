@@ -49,7 +49,7 @@ builtins.all (x: x) ([
   (eq "apps" (names outputs.apps.${x86}) [ "default" ])
   (eq "app type" outputs.apps.${x86}.default.type "app")
   (eq "x86_64 checks" (names outputs.checks.${x86})
-    [ "agent" "clippy" "fmt" "nix-files" "nixos-apply-status-down" "package" ])
+    [ "agent" "clippy" "fmt" "nix-files" "nixos-guest-stories" "package" ])
   (eq "devShells" (names outputs.devShells.${x86}) [ "default" ])
   (eq "nixosModules" (names outputs.nixosModules) [ "default" "guest" ])
   (check "nixosModules.guest is a module function" (builtins.isFunction outputs.nixosModules.guest))

@@ -11,6 +11,15 @@ let
   stand-ins = {
     options.boot.kernelModules = lib.mkOption { type = lib.types.listOf lib.types.str; default = [ ]; };
     options.systemd.services = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
+    options.nix.package = lib.mkOption { type = lib.types.package; default = pkg "nix"; };
+    options.system.build = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { nixos-rebuild = pkg "nixos-rebuild"; }; };
+    config._module.args.pkgs = builtins.listToAttrs
+      (map (n: { name = n; value = pkg n; }) [ "git" "bash" "coreutils" "gnugrep" "gnused" "findutils" ]);
+  };
+  pkg = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
   };
   agent = {
     type = "derivation";
@@ -39,7 +48,12 @@ builtins.all (x: x) [
   (eq "all set" (execStart { vmName = "web-1"; brokerPort = 7751; heartbeatMs = 1000; })
     (lib.escapeShellArgs [ "${agent.outPath}/bin/castra-agent" "--host" "10.0.2.2" "--token-file" fwCfg "--vm" "web-1" "--port" "7751" "--heartbeat-ms" "1000" ]))
   (eq "kernel module" (on { }).boot.kernelModules [ "qemu_fw_cfg" ])
-  (eq "no capabilities" (on { }).systemd.services.castra-agent.serviceConfig.CapabilityBoundingSet "")
+  (eq "bootstrap on: unconfined, nix on PATH"
+    (let svc = (on { }).systemd.services.castra-agent; in [ (svc.serviceConfig ? ProtectSystem) (map (p: p.name) svc.path) svc.restartIfChanged ])
+    [ false [ "castra-agent" "nix" "nixos-rebuild" "git" "bash" "coreutils" "gnugrep" "gnused" "findutils" ] false ])
+  (eq "bootstrap off: no capabilities"
+    (on { bootstrap.enable = false; }).systemd.services.castra-agent.serviceConfig.CapabilityBoundingSet "")
+  (rejected "bootstrap.enable as string" { bootstrap.enable = "yes"; })
   (rejected "port 70000" { brokerPort = 70000; })
   (rejected "port as string" { brokerPort = "7750"; })
   (rejected "upper-case VM name" { vmName = "Web"; })

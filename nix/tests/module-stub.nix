@@ -15,6 +15,9 @@ let
     mkEnableOption = name: mkOption { type = types.bool; default = false; description = "Whether to enable ${name}."; };
     mkIf = condition: content: { _type = "if"; inherit condition content; };
     optionals = cond: xs: if cond then xs else [ ];
+    optionalAttrs = cond: as: if cond then as else { };
+    # The stub merges the way the real one does for disjoint attribute sets.
+    mkMerge = builtins.foldl' (a: b: a // b) { };
     literalExpression = text: { _type = "literalExpression"; inherit text; };
     escapeShellArgs = args: args;
     types = {
@@ -24,10 +27,18 @@ let
       ints.positive = { name = "positiveInt"; };
       strMatching = pattern: { name = "strMatching"; inherit pattern; };
       nullOr = t: { name = "nullOr"; elemType = t; };
+      listOf = t: { name = "listOf"; elemType = t; };
     };
   };
 
   agent = { outPath = "/nix/store/00000000000000000000000000000000-castra-agent"; };
+  pkg = name: { outPath = "/nix/store/00000000000000000000000000000000-${name}"; inherit name; };
+  pkgs = builtins.listToAttrs (map (n: { name = n; value = pkg n; }) [ "git" "bash" "coreutils" "gnugrep" "gnused" "findutils" ]);
+  nixConfig = { nix.package = pkg "nix"; system.build.nixos-rebuild = pkg "nixos-rebuild"; };
+
+  # Option defaults, one level of nesting (`bootstrap.enable`).
+  defaults = opts: builtins.mapAttrs
+    (_: o: if (o._type or null) == "option" then o.default or null else defaults o) opts;
   fwCfg = "/sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw";
 
   # The module evaluated against `settings` on top of its own defaults.
@@ -35,8 +46,10 @@ let
     let
       m = import ../../guest/nixos-module.nix {
         lib = stubLib;
-        config.services.castra-agent =
-          builtins.mapAttrs (_: o: o.default or null) m.options.services.castra-agent // settings;
+        inherit pkgs;
+        config = nixConfig // {
+          services.castra-agent = defaults m.options.services.castra-agent // settings;
+        };
       };
     in m;
 
@@ -52,16 +65,20 @@ let
 in
 builtins.all (x: x) ([
   (eq "option names" (builtins.attrNames opts)
-    [ "brokerHost" "brokerPort" "enable" "heartbeatMs" "package" "tokenFile" "vmName" ])
+    [ "bootstrap" "brokerHost" "brokerPort" "enable" "heartbeatMs" "package" "tokenFile" "vmName" ])
+  (eq "bootstrap option names" (builtins.attrNames opts.bootstrap) [ "enable" "path" ])
   (eq "defaults"
     { inherit (builtins.mapAttrs (_: o: o.default or "<none>") opts) vmName brokerHost brokerPort tokenFile heartbeatMs enable package; }
     { vmName = null; brokerHost = "10.0.2.2"; brokerPort = null; tokenFile = fwCfg; heartbeatMs = null; enable = false; package = "<none>"; })
-  (eq "types" (builtins.mapAttrs (_: o: o.type.name) opts)
+  (eq "types" (builtins.mapAttrs (_: o: o.type.name) (removeAttrs opts [ "bootstrap" ]))
     { enable = "bool"; package = "package"; vmName = "nullOr"; brokerHost = "strMatching"; brokerPort = "nullOr"; tokenFile = "strMatching"; heartbeatMs = "nullOr"; })
   (eq "nullable inner types" (map (n: (inner opts.${n}.type).name) [ "vmName" "brokerPort" "heartbeatMs" ])
     [ "strMatching" "port" "positiveInt" ])
   (check "every option is documented"
-    (builtins.all (o: builtins.isString (o.description or null) && builtins.stringLength o.description > 40) (builtins.attrValues opts)))
+    (builtins.all (o: builtins.isString (o.description or null) && builtins.stringLength o.description > 40)
+      (builtins.attrValues (removeAttrs opts [ "bootstrap" ]) ++ builtins.attrValues opts.bootstrap)))
+  (eq "bootstrap defaults" [ opts.bootstrap.enable.default opts.bootstrap.enable.type.name (map (p: p.name) opts.bootstrap.path.default) ]
+    [ true "bool" [ "nix" "nixos-rebuild" "git" "bash" "coreutils" "gnugrep" "gnused" "findutils" ] ])
   (check "package has defaultText" (opts.package ? defaultText))
 
   # VM names as castra accepts them (docs/CONFIG.md).
@@ -77,6 +94,15 @@ builtins.all (x: x) ([
   (eq "fw_cfg module" m.config.content.boot.kernelModules [ "qemu_fw_cfg" ])
   (eq "wantedBy" service.wantedBy [ "multi-user.target" ])
   (eq "restart" service.serviceConfig.Restart "always")
+  (eq "not restarted by a switch" service.restartIfChanged false)
+  # Bootstraps on (the default): unconfined root, nix and nixos-rebuild on PATH.
+  (eq "bootstrap PATH" (map (p: p.name or "agent") service.path)
+    [ "agent" "nix" "nixos-rebuild" "git" "bash" "coreutils" "gnugrep" "gnused" "findutils" ])
+  (check "bootstrap: no sandbox" (!(service.serviceConfig ? ProtectSystem)))
+  # Bootstraps off: the sandbox, and only the agent on PATH.
+  (let off = (evalWith { enable = true; package = agent; bootstrap = { enable = false; path = [ ]; }; }).config.content.systemd.services.castra-agent;
+   in eq "no bootstrap: sandbox" [ off.serviceConfig.ProtectSystem off.serviceConfig.CapabilityBoundingSet (map (p: p.name or "agent") off.path) ]
+     [ "strict" "" [ "agent" ] ])
   (eq "default argv" (argv { })
     [ "${agent}/bin/castra-agent" "--host" "10.0.2.2" "--token-file" fwCfg ])
   (eq "full argv" (argv { vmName = "web"; brokerPort = 7751; brokerHost = "10.0.2.3"; tokenFile = "/run/t"; heartbeatMs = 250; })
