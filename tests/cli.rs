@@ -146,3 +146,27 @@ fn clean_dry_run_on_fresh_project() {
     assert_eq!(c["dry_run"], true);
     assert_eq!(c["reclaimed_bytes"], 0);
 }
+
+#[test]
+fn output_cut_short_by_its_reader_ends_quietly() {
+    // `castra plan | head -0`: the reader is gone before castra writes.
+    let p = Project::new("[project]\nname = \"pipe\"\n[[vms]]\nname = \"web\"\n");
+    for args in [&["plan"][..], &["plan", "--json"]] {
+        let mut child = std::process::Command::new(common::castra_bin())
+            .args(args)
+            .current_dir(p.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "castra {args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}

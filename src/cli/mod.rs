@@ -83,6 +83,7 @@ enum Command {
 
 /// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
+    quiet_when_stdout_closes();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Status(_) | Command::Logs(_)) {
         // Output-only commands often piped into `head`: end quietly there.
@@ -145,6 +146,31 @@ pub fn load_project(explicit: Option<&Path>) -> Result<Project> {
         }
     }
     Ok(project)
+}
+
+/// Every command: output cut short by its reader (`castra plan | head -1`)
+/// ends the process quietly with status 0, instead of the standard library's
+/// "failed printing to stdout" panic. SIGPIPE stays ignored for commands that
+/// talk over sockets and pipes, so only stdout's own EPIPE gets here.
+fn quiet_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if stdout_closed(msg) {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// The panic `println!` raises when stdout's reader went away.
+fn stdout_closed(panic_message: &str) -> bool {
+    panic_message.starts_with("failed printing to stdout") && panic_message.contains("os error 32")
 }
 
 /// Writing into a closed pipe (`castra status | head`) ends quietly.
