@@ -125,7 +125,11 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
     prepare_dir(&layout)?;
     let tcp = bind_tcp(&opts)?;
     let socket_path = layout.broker_socket();
-    let unix = bind_unix(&socket_path)?;
+    // Bound under a temporary name and renamed into place once the bus log
+    // is recovered: host tools (and `apply`) take the socket's existence as
+    // "ready", and must not read the logs while recovery rewrites them.
+    let starting_path = starting_socket(&socket_path);
+    let unix = bind_unix(&socket_path, &starting_path)?;
     let pid = std::process::id();
     let pidfile = layout.broker_pidfile();
     if let Err(e) = crate::fsutil::write_atomic(&pidfile, format!("{pid}\n").as_bytes()) {
@@ -186,6 +190,10 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         layout.bus_log_dir().display(),
         buslog.next_seq
     ));
+    std::fs::rename(&starting_path, &socket_path).map_err(|source| BrokerError::Socket {
+        path: socket_path.clone(),
+        source,
+    })?;
     let hub = Hub::new(opts.hub);
     let ctx = Arc::new(Ctx {
         opts,
@@ -259,8 +267,19 @@ fn bind_tcp(opts: &BrokerOptions) -> Result<TcpListener, BrokerError> {
     TcpListener::try_from(std_listener).map_err(map)
 }
 
-fn bind_unix(path: &std::path::Path) -> Result<UnixListener, BrokerError> {
-    if path.as_os_str().len() > MAX_SOCKET_PATH {
+/// Where the host socket is bound until the broker is ready: beside it, and
+/// a name no longer than the socket's (Unix socket paths are limited).
+fn starting_socket(path: &std::path::Path) -> PathBuf {
+    path.with_file_name(".starting")
+}
+
+/// Refuse when a broker answers on `path`; bind at `bind_at` (renamed to
+/// `path` when ready).
+fn bind_unix(
+    path: &std::path::Path,
+    bind_at: &std::path::Path,
+) -> Result<UnixListener, BrokerError> {
+    if bind_at.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(BrokerError::SocketPathTooLong {
             path: path.to_path_buf(),
         });
@@ -273,12 +292,13 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, BrokerError> {
         }
         let _ = std::fs::remove_file(path);
     }
+    let _ = std::fs::remove_file(bind_at);
     let err = |source| BrokerError::Socket {
-        path: path.to_path_buf(),
+        path: bind_at.to_path_buf(),
         source,
     };
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let listener = std::os::unix::net::UnixListener::bind(bind_at).map_err(err)?;
+    std::fs::set_permissions(bind_at, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     UnixListener::try_from(listener).map_err(err)
 }
 

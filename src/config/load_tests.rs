@@ -123,6 +123,7 @@ const BAD: &[(&str, &str)] = &[
     ("broker_port_zero", "[broker]\nport = 0\n"),
     ("broker_port_too_large", "[broker]\nport = 70000\n"),
     ("vm_name_reserved", "[[vms]]\nname = \"host\"\n"),
+    ("vm_name_reserved_all", "[[vms]]\nname = \"all\"\n"),
     (
         "image_unknown_name",
         "[[vms]]\nname = \"web\"\nimage = \"debian\"\n",

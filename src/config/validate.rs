@@ -177,7 +177,9 @@ fn bad_name(what: &str, name: &Spanned<String>, why: &str) -> Problem {
 
 /// VM names castra uses for itself: `host` is the sender of host publishes
 /// on the bus (`logs/bus/host.log`, `"from":"host"`).
-pub(crate) const RESERVED_VM_NAMES: &[&str] = &["host"];
+/// Names the bus log uses for itself: host publishes go to `host.log` (and
+/// `from` is `host`), every publish to `all.log`.
+pub(crate) const RESERVED_VM_NAMES: &[&str] = &["host", "all"];
 
 /// A user path from the config: not empty, no `~`.
 fn check_path(key: &str, p: &Spanned<String>) -> Result<PathBuf, Problem> {
@@ -236,7 +238,11 @@ fn vm_instances(
                     format!("VM name \"{}\" is reserved", n.get_ref()),
                     n.span(),
                 )
-                .help("the bus logs host publishes as \"host\"; pick another name, e.g. name = \"hostvm\""),
+                .help(format!(
+                    "the bus log keeps host publishes in host.log and every publish in all.log; \
+                     pick another name, e.g. name = \"{}vm\"",
+                    n.get_ref()
+                )),
             );
             None
         }
