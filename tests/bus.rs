@@ -647,3 +647,105 @@ fn logs_rotate_by_size_and_tail_and_restart_read_across_rotation() {
     let last = seqs(cli(&["bus", "tail", "--json", "-n", "3"]).output().unwrap());
     assert_eq!(last, [59, 60, 61]);
 }
+
+#[test]
+fn tail_since_a_time_a_duration_or_a_seq_across_rotation_and_with_follow() {
+    let root = project(&[]);
+    let port = free_port();
+    let _broker = Broker::start(
+        root.path(),
+        port,
+        &["--bus-log-max-bytes", "600", "--bus-log-keep", "20"],
+    );
+    let publish = |i: u64| {
+        host_client::publish(
+            &root.path().join("broker/broker.sock"),
+            "jobs",
+            json!({"i": i, "pad": "x".repeat(40)}),
+            None,
+            65536,
+        )
+        .unwrap()
+    };
+    let tail = |args: &[&str]| -> Vec<u64> {
+        let out = common::broker::cli(root.path(), &[&["bus", "tail", "--json"], args].concat())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    // Two batches 1.2 s apart, spread over several rotated files.
+    for i in 1..=20 {
+        assert_eq!(publish(i), i);
+    }
+    thread::sleep(Duration::from_millis(1200));
+    for i in 21..=40 {
+        assert_eq!(publish(i), i);
+    }
+    assert!(root.path().join("logs/bus/all.log.4").exists(), "rotated");
+    let records: Vec<_> =
+        castra::broker::buslog::generations(&root.path().join("logs/bus/all.log"))
+            .iter()
+            .flat_map(|p| read_records(p).unwrap())
+            .collect();
+    let ts = |seq: u64| records.iter().find(|r| r.seq == seq).unwrap().ts_ms;
+
+    assert_eq!(tail(&["--since", "seq:15"]), (15..=40).collect::<Vec<_>>());
+    assert_eq!(tail(&["--since", "seq:15", "-n", "3"]), [38, 39, 40]);
+    // The log's own timestamp format is accepted as it is printed.
+    let at21 = castra::broker::events::utc(ts(21));
+    assert_eq!(tail(&["--since", &at21]), (21..=40).collect::<Vec<_>>());
+    // A duration ago that lands in the 1.2 s gap (tail starts < 600 ms later).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ago = format!("{}ms", now - ts(21) + 600);
+    assert_eq!(tail(&["--since", &ago]), (21..=40).collect::<Vec<_>>());
+    assert!(tail(&["--since", "2h"]).len() == 40);
+
+    // With -f: the matching past, then what comes.
+    let mut follow = common::broker::cli(
+        root.path(),
+        &["bus", "tail", "-f", "--json", "--since", "seq:39"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut next = || -> u64 {
+        serde_json::from_str::<Value>(&lines.next().unwrap().unwrap()).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((next(), next()), (39, 40));
+    publish(41);
+    publish(42);
+    assert_eq!((next(), next()), (41, 42));
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // Bad input names the accepted forms.
+    let out = common::broker::cli(root.path(), &["bus", "tail", "--since", "yesterday"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("--since \"yesterday\"")
+            && err.contains("an RFC 3339 time")
+            && err.contains("seq:N"),
+        "{err}"
+    );
+}
