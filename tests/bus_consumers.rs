@@ -282,6 +282,10 @@ fn the_unacked_window_paces_delivery_and_a_consumer_that_never_acks_is_cut_off()
         "{ended}"
     );
 
+    // The recorder writes events before the state that counts them.
+    let s = broker.state_when(|s| {
+        s.vms["lazy"].slow_consumer_disconnects == 1 && s.host.slow_consumer_disconnects == 1
+    });
     let decisions = |vm: &str| -> Vec<(String, String)> {
         broker
             .events()
@@ -305,9 +309,6 @@ fn the_unacked_window_paces_delivery_and_a_consumer_that_never_acks_is_cut_off()
         );
     }
     assert!(decisions("healthy").is_empty());
-    let s = broker.state_when(|s| {
-        s.vms["lazy"].slow_consumer_disconnects == 1 && s.host.slow_consumer_disconnects == 1
-    });
     assert!(s.bus_overflow_dropped_total > 0);
     assert!(!s.vms["lazy"].bus_subscribed && s.vms["healthy"].bus_subscribed);
     assert!(broker.log().contains("bus decision vm=host"));
@@ -329,7 +330,7 @@ fn reconnection_under_load_gets_a_fresh_session_and_loses_no_acknowledged_publis
     names.push("r");
     let root = state_root(&names);
     let port = free_port();
-    let broker = Broker::start(root.path(), port, &["--heartbeat-timeout-ms", "600"]);
+    let broker = Broker::start(root.path(), port, &["--heartbeat-timeout-ms", "800"]);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
 
@@ -416,19 +417,15 @@ fn reconnection_under_load_gets_a_fresh_session_and_loses_no_acknowledged_publis
             "round {round}: a reused session id"
         );
         // The new session holds no subscription: a publish to jobs-r does not reach it.
-        let seq =
-            host_client::publish(&broker.socket(), "jobs-r", json!(round), None, 65536).unwrap();
-        r.send(&json!({"type": "heartbeat"}));
-        assert_eq!(
-            r.frame(),
-            json!({"type": "ack", "ack": "heartbeat", "status": "ok"}),
-            "round {round}: message {seq} reached a session that did not subscribe"
+        let (seq, got) = publish_while_alive(&mut r, &broker.socket(), round);
+        assert!(
+            got.is_empty(),
+            "round {round}: message {seq} reached a session that did not subscribe: {got:?}"
         );
         // Subscribing again works at once.
         r.subscribe("jobs-r");
-        let seq =
-            host_client::publish(&broker.socket(), "jobs-r", json!(round), None, 65536).unwrap();
-        assert_eq!(r.message()["seq"].as_u64(), Some(seq));
+        let (seq, got) = publish_while_alive(&mut r, &broker.socket(), round);
+        assert_eq!(got, [seq], "round {round}");
         r.send(&json!({"type": "unsubscribe", "topic": "jobs-r"}));
         assert_eq!(r.frame()["ack"], "unsubscribe");
     }
@@ -496,6 +493,42 @@ fn reconnection_under_load_gets_a_fresh_session_and_loses_no_acknowledged_publis
         pct(&publish_ms, 1.0) < 10_000.0,
         "bus publish took {publish_ms:?}"
     );
+}
+
+/// Publish `round` on jobs-r from the host while `r` keeps heartbeating (a
+/// durable publish under load may take longer than r's heartbeat timeout);
+/// returns the seq and the message seqs `r` received meanwhile (acked), after
+/// two more round trips to the broker.
+fn publish_while_alive(r: &mut Guest, socket: &std::path::Path, round: u64) -> (u64, Vec<u64>) {
+    let socket = socket.to_path_buf();
+    let publish = thread::spawn(move || {
+        host_client::publish(&socket, "jobs-r", json!(round), None, 65536).unwrap()
+    });
+    let mut got = Vec::new();
+    let heartbeat_ack = json!({"type": "ack", "ack": "heartbeat", "status": "ok"});
+    let mut round_trip = |r: &mut Guest| {
+        r.send(&json!({"type": "heartbeat"}));
+        loop {
+            let f = r.frame();
+            if f == heartbeat_ack {
+                return;
+            }
+            assert_eq!(f["type"], "message", "{f}");
+            got.push(f["seq"].as_u64().unwrap());
+            r.send(&json!({"type": "ack", "seq": f["seq"]}));
+        }
+    };
+    while !publish.is_finished() {
+        round_trip(r);
+        thread::sleep(Duration::from_millis(100));
+    }
+    let seq = publish.join().unwrap();
+    // A delivery routed here would arrive by now (the hub had it before the ack).
+    for _ in 0..2 {
+        thread::sleep(Duration::from_millis(50));
+        round_trip(r);
+    }
+    (seq, got)
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! The bus hub (protocol v1, steps 7 and 9): the one owner of the
-//! subscription map. Sessions register their outbound queue, subscribe and
-//! unsubscribe through messages; the bus log hands it every committed
-//! record, which it fans out with `try_send` only, so a publisher or another
-//! subscriber never waits on a slow one.
+//! subscription map. Sessions (guests and host consumers alike) register
+//! their bounded delivery queue, subscribe and unsubscribe through messages;
+//! the bus log hands it every committed record, which it fans out with
+//! `try_send` only, so a publisher or another subscriber never waits on a
+//! slow one. A session takes from its queue only while its unacked window is
+//! open (`session.rs`), so a consumer that stops acking fills its queue too.
 //!
 //! Back-pressure, per session: when its bounded queue is full the message is
 //! kept in a bounded pending list and retried every `retry_interval`
