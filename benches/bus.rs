@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use castra::broker::hub::{Frame, Hub, HubConfig, HubMsg};
+use castra::broker::hub::{Delivery, Frame, Hub, HubConfig, HubMsg};
 use castra::broker::reason::Reason;
 
 const WARMUP: Duration = Duration::from_millis(300);
@@ -194,6 +194,9 @@ impl Subscriber for CastraConn {
         loop {
             let f = self.frame()?;
             if f["type"] == "message" {
+                // Ack each message: the broker pauses a session's delivery
+                // once its unacked window is full.
+                self.send(&serde_json::json!({"type": "ack", "seq": f["seq"]}))?;
                 return Ok(f["payload"]
                     .as_str()
                     .unwrap_or_default()
@@ -767,7 +770,7 @@ fn fanout(through_hub: bool) -> f64 {
     let mut queues = Vec::new();
     let drains: Vec<_> = (0..SUBS)
         .map(|k| {
-            let (tx, rx) = smol::channel::bounded::<Frame>(4096);
+            let (tx, rx) = smol::channel::bounded::<Delivery>(4096);
             let (etx, _erx) = smol::channel::bounded::<Reason>(1);
             hub.handle(HubMsg::Register {
                 key: k as u64,
@@ -794,9 +797,10 @@ fn fanout(through_hub: bool) -> f64 {
     let frame: Frame =
         Arc::from(&b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"[..]);
     let t0 = Instant::now();
-    for _ in 0..EVENTS {
+    for seq in 0..EVENTS {
         if through_hub {
             hub.handle(HubMsg::Deliver {
+                seq,
                 topic: "t".into(),
                 frame: frame.clone(),
             });
@@ -807,7 +811,11 @@ fn fanout(through_hub: bool) -> f64 {
             }
         } else {
             for q in &queues {
-                while q.try_send(frame.clone()).is_err() {
+                let d = Delivery {
+                    seq,
+                    frame: frame.clone(),
+                };
+                while q.try_send(d.clone()).is_err() {
                     thread::yield_now();
                 }
             }

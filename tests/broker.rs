@@ -1,11 +1,12 @@
 //! The real `castra broker` binary with simulated guests over TCP, and the
 //! real `castra-agent` against it. Every test kills what it starts.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -13,126 +14,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use castra::broker::{BrokerSnapshot, reachable, read_snapshot};
+use common::broker::{AGENT, Broker, CASTRA, Guest, state_root_with_tokens};
+use common::free_port;
 use serde_json::{Value, json};
-
-const CASTRA: &str = env!("CARGO_BIN_EXE_castra");
-const AGENT: &str = env!("CARGO_BIN_EXE_castra-agent");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A state root with token files for the given VMs.
-fn project(vms: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (vm, token) in vms {
-        let d = dir.path().join("vms").join(vm);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("token"), format!("{token}\n")).unwrap();
-    }
-    std::fs::create_dir_all(dir.path().join("broker")).unwrap();
-    dir
-}
-
-struct Broker {
-    child: Child,
-    root: PathBuf,
-}
-
-impl Broker {
-    fn start(root: &Path, port: u16, extra: &[&str]) -> Broker {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(root.join("broker/broker.log"))
-            .unwrap();
-        let child = Command::new(CASTRA)
-            .arg("broker")
-            .arg("--state-root")
-            .arg(root)
-            .arg("--port")
-            .arg(port.to_string())
-            .args(extra)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let b = Broker {
-            child,
-            root: root.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !root.join("broker/broker.sock").exists()
-            || TcpStream::connect(("127.0.0.1", port)).is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not start: {}",
-                b.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("broker/broker.log")).unwrap_or_default()
-    }
-
-    fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.root.join("broker/events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// state.json once `pred` holds (waits for the coalesced write).
-    fn state_when(&self, pred: impl Fn(&BrokerSnapshot) -> bool) -> BrokerSnapshot {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(Some(s)) = read_snapshot(&self.root.join("broker/state.json")) {
-                if pred(&s) {
-                    return s;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "state.json never matched: {s:#?}"
-                );
-            }
-            assert!(Instant::now() < deadline, "no state.json");
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn session_of<'a>(s: &'a BrokerSnapshot, vm: &str) -> Option<&'a str> {
     s.vms.get(vm).and_then(|e| e.session.as_deref())
@@ -145,74 +29,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A simulated guest.
-struct Guest {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Guest {
-    fn connect(port: u16) -> Guest {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut g = Guest {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        };
-        assert_eq!(g.line(), "castra-broker 1 ready");
-        g
-    }
-
-    fn line(&mut self) -> String {
-        let mut s = String::new();
-        self.reader.read_line(&mut s).unwrap();
-        s.trim_end_matches('\n').to_owned()
-    }
-
-    fn hello(&mut self, line: &str) -> String {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .unwrap();
-        self.line()
-    }
-
-    fn send(&mut self, v: &Value) {
-        let body = serde_json::to_vec(v).unwrap();
-        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-        bytes.extend_from_slice(&body);
-        self.send_raw(&bytes);
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn frame(&mut self) -> Value {
-        let mut len = [0u8; 4];
-        self.reader.read_exact(&mut len).unwrap();
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        self.reader.read_exact(&mut body).unwrap();
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    fn at_eof(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
-    }
-
-    fn session(port: u16, vm: &str, token: &str) -> (Guest, String) {
-        let mut g = Guest::connect(port);
-        let reply = g.hello(&format!("hello vm:{vm} capabilities=bus-v1 token={token}"));
-        let id = reply
-            .strip_prefix("ok session=")
-            .unwrap_or_else(|| panic!("not granted: {reply}"))
-            .to_owned();
-        (g, id)
-    }
-}
-
 fn reply_to(port: u16, line: &str) -> (String, bool) {
     let mut g = Guest::connect(port);
     let reply = g.hello(line);
@@ -221,7 +37,7 @@ fn reply_to(port: u16, line: &str) -> (String, bool) {
 
 #[test]
 fn handshakes_denials_state_events_and_shutdown() {
-    let root = project(&[("web", "s3cret"), ("db", "d8")]);
+    let root = state_root_with_tokens(&[("web", "s3cret"), ("db", "d8")]);
     let port = free_port();
     let mut broker = Broker::start(root.path(), port, &[]);
 
@@ -363,7 +179,7 @@ fn handshakes_denials_state_events_and_shutdown() {
 
 #[test]
 fn bad_input_never_disturbs_an_established_session() {
-    let root = project(&[("web", "s3cret")]);
+    let root = state_root_with_tokens(&[("web", "s3cret")]);
     let port = free_port();
     let broker = Broker::start(root.path(), port, &["--hello-timeout-ms", "700"]);
 
@@ -471,7 +287,7 @@ fn bad_input_never_disturbs_an_established_session() {
 
 #[test]
 fn heartbeat_timeout_closes_a_silent_session() {
-    let root = project(&[("web", "s3cret")]);
+    let root = state_root_with_tokens(&[("web", "s3cret")]);
     let port = free_port();
     let broker = Broker::start(root.path(), port, &["--heartbeat-timeout-ms", "800"]);
     let (mut g, id) = Guest::session(port, "web", "s3cret");
@@ -505,7 +321,7 @@ fn heartbeat_timeout_closes_a_silent_session() {
 
 #[test]
 fn a_port_in_use_names_the_port_and_the_config_key() {
-    let root = project(&[]);
+    let root = state_root_with_tokens(&[]);
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let out = Command::new(CASTRA)
@@ -560,7 +376,7 @@ impl Drop for Killed {
 
 #[test]
 fn the_agent_connects_and_reconnects_after_a_broker_restart() {
-    let root = project(&[("web", "s3cret")]);
+    let root = state_root_with_tokens(&[("web", "s3cret")]);
     let token = root.path().join("fw_cfg_token");
     std::fs::write(&token, "s3cret").unwrap();
     let port = free_port();

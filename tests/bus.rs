@@ -3,269 +3,20 @@
 //! back-pressure, heartbeat timeouts, and crash consistency under `kill -9`.
 //! Every test kills what it starts. Numbers are printed (`--nocapture`).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use castra::broker::buslog::read_records;
 use castra::broker::host_client;
-use castra::broker::{BrokerSnapshot, read_snapshot};
+use common::broker::{Broker, CASTRA, Guest, agent, pct, state_root as project};
+use common::free_port;
 use serde_json::{Value, json};
-
-const CASTRA: &str = env!("CARGO_BIN_EXE_castra");
-const AGENT: &str = env!("CARGO_BIN_EXE_castra-agent");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn project(vms: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("cb")
-        .tempdir_in("/tmp")
-        .unwrap();
-    for vm in vms {
-        let d = dir.path().join("vms").join(vm);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("token"), format!("tok-{vm}\n")).unwrap();
-    }
-    std::fs::create_dir_all(dir.path().join("broker")).unwrap();
-    std::fs::write(
-        dir.path().join("castra.toml"),
-        format!("[project]\nstate_dir = \"{}\"\n", dir.path().display()),
-    )
-    .unwrap();
-    dir
-}
-
-struct Broker {
-    child: Child,
-    root: PathBuf,
-    port: u16,
-    extra: Vec<String>,
-}
-
-impl Broker {
-    fn start(root: &Path, port: u16, extra: &[&str]) -> Broker {
-        let mut b = Broker {
-            child: Command::new("true").spawn().unwrap(),
-            root: root.to_path_buf(),
-            port,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        b.restart();
-        b
-    }
-
-    fn restart(&mut self) {
-        let _ = self.child.wait();
-        // As `castra apply` does: a killed broker's socket file stays behind,
-        // and the new one's appears once it is ready (bus log recovered).
-        let _ = std::fs::remove_file(self.root.join("broker/broker.sock"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("broker/broker.log"))
-            .unwrap();
-        self.child = Command::new(CASTRA)
-            .arg("broker")
-            .arg("--state-root")
-            .arg(&self.root)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(&self.extra)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.root.join("broker/broker.sock").exists()
-            || TcpStream::connect(("127.0.0.1", self.port)).is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not start: {}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("broker/broker.log")).unwrap_or_default()
-    }
-
-    fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.root.join("broker/events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn wait_event(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(e) = self.events().into_iter().find(&pred) {
-                return e;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "event never came: {}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn state_when(&self, pred: impl Fn(&BrokerSnapshot) -> bool) -> BrokerSnapshot {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(Some(s)) = read_snapshot(&self.root.join("broker/state.json"))
-                && pred(&s)
-            {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "state.json never matched");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.root.join("broker/broker.sock")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A simulated guest holding one bus session.
-struct Guest {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    /// Messages read while waiting for something else.
-    stash: std::collections::VecDeque<Value>,
-}
-
-impl Guest {
-    fn open(port: u16, vm: &str) -> Guest {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut g = Guest {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-            stash: Default::default(),
-        };
-        assert_eq!(g.line(), "castra-broker 1 ready");
-        g.writer
-            .write_all(format!("hello vm:{vm} capabilities=bus-v1 token=tok-{vm}\n").as_bytes())
-            .unwrap();
-        let reply = g.line();
-        assert!(reply.starts_with("ok session="), "{reply}");
-        g
-    }
-
-    fn line(&mut self) -> String {
-        let mut s = String::new();
-        self.reader.read_line(&mut s).unwrap();
-        s.trim_end().to_owned()
-    }
-
-    fn send(&mut self, v: &Value) {
-        let body = serde_json::to_vec(v).unwrap();
-        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-        bytes.extend_from_slice(&body);
-        self.writer.write_all(&bytes).unwrap();
-    }
-
-    fn try_frame(&mut self) -> std::io::Result<Value> {
-        let mut len = [0u8; 4];
-        self.reader.read_exact(&mut len)?;
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        self.reader.read_exact(&mut body)?;
-        Ok(serde_json::from_slice(&body).unwrap())
-    }
-
-    fn frame(&mut self) -> Value {
-        self.try_frame().unwrap()
-    }
-
-    fn subscribe(&mut self, topic: &str) {
-        self.send(&json!({"type": "subscribe", "topic": topic}));
-        assert_eq!(
-            self.frame(),
-            json!({"type": "ack", "ack": "subscribe", "status": "ok"})
-        );
-    }
-
-    /// Publish and wait for the ack; returns the seq.
-    fn publish(&mut self, topic: &str, payload: Value) -> u64 {
-        self.send(&json!({"type": "publish", "topic": topic, "payload": payload, "id": "x"}));
-        loop {
-            let f = self.frame();
-            if f["type"] == "ack" && f["ack"] == "publish" {
-                assert_eq!(f["status"], "ok", "{f}");
-                return f["seq"].as_u64().unwrap();
-            }
-            if f["type"] == "message" {
-                self.stash.push_back(f);
-            }
-        }
-    }
-
-    /// The next `message` frame (skipping acks).
-    fn message(&mut self) -> Value {
-        if let Some(m) = self.stash.pop_front() {
-            return m;
-        }
-        loop {
-            let f = self.frame();
-            if f["type"] == "message" {
-                return f;
-            }
-        }
-    }
-}
-
-fn agent(port: u16, vm: &str, root: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(AGENT);
-    c.args(args)
-        .args([
-            "--vm",
-            vm,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--token-file")
-        .arg(root.join("vms").join(vm).join("token"));
-    c
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 #[test]
 fn deliver_across_guests_host_agent_and_cli() {
@@ -478,6 +229,7 @@ fn a_slow_consumer_is_cut_off_while_a_healthy_one_keeps_its_latency() {
     let reader = thread::spawn(move || {
         while let Ok(f) = fast.try_frame() {
             if f["type"] == "message" {
+                fast.send(&json!({"type": "ack", "seq": f["seq"]}));
                 let sent = f["payload"]["t"].as_u64().unwrap();
                 let now = epoch.elapsed().as_micros() as u64;
                 lat.lock()
@@ -902,4 +654,106 @@ fn logs_rotate_by_size_and_tail_and_restart_read_across_rotation() {
     assert_eq!(publish(60), 61);
     let last = seqs(cli(&["bus", "tail", "--json", "-n", "3"]).output().unwrap());
     assert_eq!(last, [59, 60, 61]);
+}
+
+#[test]
+fn tail_since_a_time_a_duration_or_a_seq_across_rotation_and_with_follow() {
+    let root = project(&[]);
+    let port = free_port();
+    let _broker = Broker::start(
+        root.path(),
+        port,
+        &["--bus-log-max-bytes", "600", "--bus-log-keep", "20"],
+    );
+    let publish = |i: u64| {
+        host_client::publish(
+            &root.path().join("broker/broker.sock"),
+            "jobs",
+            json!({"i": i, "pad": "x".repeat(40)}),
+            None,
+            65536,
+        )
+        .unwrap()
+    };
+    let tail = |args: &[&str]| -> Vec<u64> {
+        let out = common::broker::cli(root.path(), &[&["bus", "tail", "--json"], args].concat())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    // Two batches 1.2 s apart, spread over several rotated files.
+    for i in 1..=20 {
+        assert_eq!(publish(i), i);
+    }
+    thread::sleep(Duration::from_millis(1200));
+    for i in 21..=40 {
+        assert_eq!(publish(i), i);
+    }
+    assert!(root.path().join("logs/bus/all.log.4").exists(), "rotated");
+    let records: Vec<_> =
+        castra::broker::buslog::generations(&root.path().join("logs/bus/all.log"))
+            .iter()
+            .flat_map(|p| read_records(p).unwrap())
+            .collect();
+    let ts = |seq: u64| records.iter().find(|r| r.seq == seq).unwrap().ts_ms;
+
+    assert_eq!(tail(&["--since", "seq:15"]), (15..=40).collect::<Vec<_>>());
+    assert_eq!(tail(&["--since", "seq:15", "-n", "3"]), [38, 39, 40]);
+    // The log's own timestamp format is accepted as it is printed.
+    let at21 = castra::broker::events::utc(ts(21));
+    assert_eq!(tail(&["--since", &at21]), (21..=40).collect::<Vec<_>>());
+    // A duration ago that lands in the 1.2 s gap (tail starts < 600 ms later).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ago = format!("{}ms", now - ts(21) + 600);
+    assert_eq!(tail(&["--since", &ago]), (21..=40).collect::<Vec<_>>());
+    assert!(tail(&["--since", "2h"]).len() == 40);
+
+    // With -f: the matching past, then what comes.
+    let mut follow = common::broker::cli(
+        root.path(),
+        &["bus", "tail", "-f", "--json", "--since", "seq:39"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut next = || -> u64 {
+        serde_json::from_str::<Value>(&lines.next().unwrap().unwrap()).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((next(), next()), (39, 40));
+    publish(41);
+    publish(42);
+    assert_eq!((next(), next()), (41, 42));
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // Bad input names the accepted forms.
+    let out = common::broker::cli(root.path(), &["bus", "tail", "--since", "yesterday"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("--since \"yesterday\"")
+            && err.contains("an RFC 3339 time")
+            && err.contains("seq:N"),
+        "{err}"
+    );
 }

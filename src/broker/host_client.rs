@@ -1,16 +1,20 @@
-//! The host side of the broker's Unix socket for the bus: `publish` one
-//! message and wait for its durable ack. Synchronous (std only), used by
-//! `castra bus publish` and tests. The request format is in `server`
-//! (`publish {"topic":T,"payload":ANY,"id"?:ANY}`, one line each way).
+//! The host side of the broker's Unix socket for the bus. Synchronous (std
+//! only), used by `castra bus publish` / `castra bus subscribe` and tests:
+//! [`publish`] sends one message and waits for its durable ack (one
+//! request line, one reply line); [`HostSession`] opens a framed bus session
+//! (`session` request, then protocol v1 frames as a guest speaks them) to
+//! subscribe, receive and ack. The request formats are in `host_socket`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::frame::{AckStatus, BrokerFrame};
+use super::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame, Decoder};
+use super::host_socket::SESSION_REQUEST;
 use super::reason::Reason;
 
 /// How long to wait for the ack (the broker itself gives up after 30 s).
@@ -97,5 +101,199 @@ pub fn publish(
             ..
         }) => Err(PublishError::Refused { reason }),
         Ok(_) | Err(_) => Err(no_ack(format!("unexpected reply {:?}", line.trim()))),
+    }
+}
+
+/// How long the broker has to grant a host session.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a host bus session could not be opened or went on no longer.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(
+        "the broker is not running (nothing answers on {socket}); run `castra apply` to start it"
+    )]
+    NotRunning { socket: PathBuf },
+    #[error("the broker on {socket} refused a host session: {reply:?}")]
+    Refused { socket: PathBuf, reply: String },
+    #[error("subscribing to {topic:?} was refused: {reason}{}", hint(*reason))]
+    SubscribeRefused { topic: String, reason: Reason },
+    #[error("the broker ended the session: {reason}{}", bye_hint(*reason))]
+    Ended { reason: Reason },
+    #[error("lost the broker on {socket} ({why}); run `castra status` to see whether it runs")]
+    Lost { socket: PathBuf, why: String },
+}
+
+fn bye_hint(reason: Reason) -> &'static str {
+    match reason {
+        Reason::SlowConsumer => {
+            " (this consumer did not read and ack fast enough; messages it missed are in `castra bus tail`)"
+        }
+        Reason::Shutdown => " (the broker stopped; run `castra apply` and subscribe again)",
+        Reason::HeartbeatTimeout => " (no frame from this consumer for the heartbeat timeout)",
+        _ => "",
+    }
+}
+
+/// An open host bus session on the broker's Unix socket (blocking).
+pub struct HostSession {
+    socket: PathBuf,
+    stream: UnixStream,
+    decoder: Decoder,
+    pending: Vec<u8>,
+    /// Frames read while waiting for something else (subscribe acks).
+    stash: VecDeque<BrokerFrame>,
+    /// The session id the broker granted.
+    pub session: String,
+}
+
+impl HostSession {
+    /// Ask the broker for a session; `Ok` once it answered `ok session=`.
+    pub fn open(socket: &Path) -> Result<HostSession, SessionError> {
+        let mut stream = UnixStream::connect(socket).map_err(|_| SessionError::NotRunning {
+            socket: socket.to_path_buf(),
+        })?;
+        let lost = |e: io::Error| SessionError::Lost {
+            socket: socket.to_path_buf(),
+            why: e.to_string(),
+        };
+        stream
+            .write_all(format!("{SESSION_REQUEST}\n").as_bytes())
+            .map_err(lost)?;
+        stream
+            .set_read_timeout(Some(SESSION_TIMEOUT))
+            .map_err(lost)?;
+        // Read the reply line byte by byte: frames may follow it at once.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < super::hello::MAX_HELLO_LINE {
+            match stream.read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) => line.push(byte[0]),
+                Err(e) => return Err(lost(e)),
+            }
+        }
+        let reply = String::from_utf8_lossy(&line).trim().to_owned();
+        let Some(session) = reply.strip_prefix("ok session=") else {
+            return Err(SessionError::Refused {
+                socket: socket.to_path_buf(),
+                reply,
+            });
+        };
+        Ok(HostSession {
+            socket: socket.to_path_buf(),
+            session: session.to_owned(),
+            stream,
+            decoder: Decoder::new(frame::DEFAULT_FRAME_LIMIT),
+            pending: Vec::new(),
+            stash: VecDeque::new(),
+        })
+    }
+
+    /// A handle on the same socket (to shut it down from another thread).
+    pub fn try_clone_stream(&self) -> io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
+    fn lost(&self, why: impl ToString) -> SessionError {
+        SessionError::Lost {
+            socket: self.socket.clone(),
+            why: why.to_string(),
+        }
+    }
+
+    pub fn send(&mut self, f: &ClientFrame) -> Result<(), SessionError> {
+        self.stream
+            .write_all(&frame::encode(f))
+            .map_err(|e| self.lost(e))
+    }
+
+    /// Subscribe to each topic and wait for every ack; messages that arrive
+    /// meanwhile are kept for [`HostSession::next`].
+    pub fn subscribe(&mut self, topics: &[String]) -> Result<(), SessionError> {
+        for topic in topics {
+            self.send(&ClientFrame::Subscribe {
+                topic: topic.clone(),
+            })?;
+        }
+        let deadline = Instant::now() + SESSION_TIMEOUT;
+        let mut acked = 0;
+        while acked < topics.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_frame(left)? {
+                None => return Err(self.lost("no subscribe ack within 5 s")),
+                Some(BrokerFrame::Ack {
+                    ack: AckKind::Subscribe,
+                    status,
+                    reason,
+                    ..
+                }) => {
+                    if status == AckStatus::Error {
+                        return Err(SessionError::SubscribeRefused {
+                            topic: topics[acked].clone(),
+                            reason: reason.unwrap_or(Reason::Unsupported),
+                        });
+                    }
+                    acked += 1;
+                }
+                Some(BrokerFrame::Bye { reason }) => return Err(SessionError::Ended { reason }),
+                Some(f) => self.stash.push_back(f),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next broker frame, or `None` when `timeout` passed first. A
+    /// `bye` is returned as [`SessionError::Ended`], EOF as `Lost`.
+    pub fn next(&mut self, timeout: Duration) -> Result<Option<BrokerFrame>, SessionError> {
+        let next = match self.stash.pop_front() {
+            Some(f) => Some(f),
+            None => self.read_frame(timeout)?,
+        };
+        match next {
+            Some(BrokerFrame::Bye { reason }) => Err(SessionError::Ended { reason }),
+            other => Ok(other),
+        }
+    }
+
+    fn read_frame(&mut self, timeout: Duration) -> Result<Option<BrokerFrame>, SessionError> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let mut input = &self.pending[..];
+            let decoded = self
+                .decoder
+                .decode(&mut input)
+                .map_err(|r| self.lost(format!("bad frame from the broker: {r}")))?;
+            let used = self.pending.len() - input.len();
+            self.pending.drain(..used);
+            if let Some(body) = decoded {
+                // Frame types this build does not know are skipped.
+                if let Ok(f) = BrokerFrame::parse(&body) {
+                    return Ok(Some(f));
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| self.lost(e))?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(self.lost("the broker closed the connection")),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(self.lost(e)),
+            }
+        }
     }
 }

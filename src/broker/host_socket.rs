@@ -1,7 +1,9 @@
-//! The broker's host socket (`<state_root>/broker/broker.sock`, 0600): one
-//! request line, one reply line, for host tools (`castra bus publish`,
-//! status requests). Guests never reach it; their port is served by
-//! `server.rs`, which owns the shared context this module borrows.
+//! The broker's host socket (`<state_root>/broker/broker.sock`, 0600) for
+//! host tools: one request line, then either one reply line (`status`,
+//! `publish`) or, for `session`, a framed bus session exactly like a
+//! guest's (served by `conn.rs`; `castra bus subscribe`). Guests never reach
+//! it; their port is served by `server.rs`, which owns the shared context
+//! this module borrows.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use smol::Timer;
 use serde_json::Value;
 
 use super::buslog::Append;
+use super::conn;
 use super::frame::{AckKind, BrokerFrame, ClientFrame};
 use super::hello::Reply;
 use super::line::{LinePush, LineReader};
@@ -44,8 +47,10 @@ pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
     }
 }
 
-/// Host socket: one request line, one reply line.
+/// Host socket: one request line, one reply line (or a session).
 ///
+/// - `session`: `ok session=<id>`, then bus frames both ways as on the
+///   guest port (the host is the publisher, and may subscribe to any topic).
 /// - `status`: the state snapshot as JSON.
 /// - `publish {"topic":T,"payload":ANY,"id"?:ANY}`: a durable host publish;
 ///   the reply is the publish ack frame's JSON (`seq` when `status` is ok),
@@ -55,7 +60,7 @@ async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
     let max = ctx.opts.frame_limit as usize + HOST_REQUEST_OVERHEAD;
     let mut reader = LineReader::new(max);
     let mut buf = vec![0u8; 16 * 1024];
-    let line = loop {
+    let (line, rest) = loop {
         let n = async { stream.read(&mut buf).await.ok() }
             .or(async {
                 Timer::after(Duration::from_secs(5)).await;
@@ -72,12 +77,16 @@ async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
                     let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
                     return;
                 }
-                LinePush::Line { line, .. } => break line,
+                LinePush::Line { line, rest } => break (line, rest),
             },
         }
     };
     let text = String::from_utf8_lossy(&line);
     let text = text.trim();
+    if text == SESSION_REQUEST {
+        conn::serve_host_session(ctx, stream, HOST_PEER, rest).await;
+        return;
+    }
     let reply = if text == "status" {
         match ctx.recorder.status().await {
             Some(json) => json,
@@ -91,6 +100,9 @@ async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
     };
     let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
 }
+
+/// The request line that opens a host bus session.
+pub const SESSION_REQUEST: &str = "session";
 
 /// Room for `publish ` and the request's own fields beyond the frame limit.
 pub const HOST_REQUEST_OVERHEAD: usize = 1024;

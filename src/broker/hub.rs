@@ -1,8 +1,10 @@
 //! The bus hub (protocol v1, steps 7 and 9): the one owner of the
-//! subscription map. Sessions register their outbound queue, subscribe and
-//! unsubscribe through messages; the bus log hands it every committed
-//! record, which it fans out with `try_send` only, so a publisher or another
-//! subscriber never waits on a slow one.
+//! subscription map. Sessions (guests and host consumers alike) register
+//! their bounded delivery queue, subscribe and unsubscribe through messages;
+//! the bus log hands it every committed record, which it fans out with
+//! `try_send` only, so a publisher or another subscriber never waits on a
+//! slow one. A session takes from its queue only while its unacked window is
+//! open (`session.rs`), so a consumer that stops acking fills its queue too.
 //!
 //! Back-pressure, per session: when its bounded queue is full the message is
 //! kept in a bounded pending list and retried every `retry_interval`
@@ -40,6 +42,14 @@ pub const STATS_INTERVAL: Duration = Duration::from_millis(250);
 /// An encoded frame shared by every subscriber it goes to.
 pub type Frame = Arc<[u8]>;
 
+/// One message for one session: its `seq` (for the unacked window) and its
+/// encoded `message` frame.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub seq: u64,
+    pub frame: Frame,
+}
+
 /// Back-pressure policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HubConfig {
@@ -65,7 +75,7 @@ pub enum HubMsg {
         vm: String,
         session: String,
         peer: SocketAddr,
-        queue: Sender<Frame>,
+        queue: Sender<Delivery>,
         evict: Sender<Reason>,
     },
     Subscribe {
@@ -82,6 +92,7 @@ pub enum HubMsg {
     },
     /// A committed record to deliver.
     Deliver {
+        seq: u64,
         topic: String,
         frame: Frame,
     },
@@ -91,10 +102,10 @@ struct Sub {
     vm: String,
     session: String,
     peer: SocketAddr,
-    queue: Sender<Frame>,
+    queue: Sender<Delivery>,
     evict: Sender<Reason>,
     topics: BTreeSet<String>,
-    pending: VecDeque<Frame>,
+    pending: VecDeque<Delivery>,
     attempt: u32,
 }
 
@@ -195,11 +206,11 @@ impl Hub {
                 self.remove(key);
                 vec![]
             }
-            HubMsg::Deliver { topic, frame } => self.deliver(&topic, &frame),
+            HubMsg::Deliver { seq, topic, frame } => self.deliver(&topic, Delivery { seq, frame }),
         }
     }
 
-    fn deliver(&mut self, topic: &str, frame: &Frame) -> Vec<Noted> {
+    fn deliver(&mut self, topic: &str, delivery: Delivery) -> Vec<Noted> {
         let mut noted = Vec::new();
         let Some(keys) = self.topics.get(topic) else {
             return noted;
@@ -214,11 +225,11 @@ impl Hub {
                 if sub.pending.len() >= cap {
                     self.dropped_total += 1;
                 } else {
-                    sub.pending.push_back(frame.clone());
+                    sub.pending.push_back(delivery.clone());
                 }
                 continue;
             }
-            match sub.queue.try_send(frame.clone()) {
+            match sub.queue.try_send(delivery.clone()) {
                 Ok(()) => self.delivered_total += 1,
                 Err(TrySendError::Full(f)) => {
                     sub.pending.push_back(f);
@@ -352,7 +363,7 @@ mod tests {
     use super::*;
 
     struct Peer {
-        rx: Receiver<Frame>,
+        rx: Receiver<Delivery>,
         evicted: Receiver<Reason>,
     }
 
@@ -379,6 +390,7 @@ mod tests {
 
     fn deliver(hub: &mut Hub, topic: &str, n: u8) -> Vec<String> {
         show(hub.handle(HubMsg::Deliver {
+            seq: u64::from(n),
             topic: topic.into(),
             frame: vec![n].into(),
         }))
@@ -389,7 +401,7 @@ mod tests {
     }
 
     fn drain(p: &Peer) -> Vec<u8> {
-        std::iter::from_fn(|| p.rx.try_recv().ok().map(|f| f[0])).collect()
+        std::iter::from_fn(|| p.rx.try_recv().ok().map(|d| d.frame[0])).collect()
     }
 
     #[test]
@@ -442,7 +454,7 @@ mod tests {
             "pending holds 2, the 5th is dropped"
         );
         // The slow one reads one frame: the retry moves one pending frame in.
-        assert_eq!(slow.rx.try_recv().unwrap()[0], 1);
+        assert_eq!(slow.rx.try_recv().unwrap().seq, 1);
         log.extend(show(hub.retry()));
         log.extend(show(hub.retry()));
         log.extend(show(hub.retry()));

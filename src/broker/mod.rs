@@ -4,6 +4,7 @@
 //! share them; see docs/BUS.md for the protocol.
 
 pub mod buslog;
+mod conn;
 pub mod control;
 pub mod events;
 pub mod frame;

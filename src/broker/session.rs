@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! AwaitingHello --hello ok, bus-v1-->  Open{session} --bye/timeout/eof--> Closed(reason)
+//!               --host session---->    Open{host}     (the host socket; no token)
 //!               --hello ok, no bus-->  HandshakeOnly   (closed at once)
 //!               --refused/timeout-->   Denied(reason)  (closed at once)
 //! ```
@@ -16,12 +17,26 @@
 //! owns its subscription set, so every way of closing (bye, heartbeat
 //! timeout, eviction by the hub, peer gone) clears it deterministically.
 //!
+//! Unacked window: a delivery from the hub ([`Input::Deliver`]) becomes
+//! [`Effect::Deliver`] and its `seq` stays *unacked* until the consumer acks
+//! it (an ack of `seq` N acknowledges every delivered `seq` <= N). With
+//! `unacked_window` messages unacked, [`Session::can_deliver`] is false and
+//! the server stops taking deliveries from the session's bounded hub queue,
+//! so a consumer that stops acking fills that queue and meets the hub's
+//! `queue_full` -> retries -> `slow_consumer` path.
+//!
+//! Host sessions ([`Input::HostSession`], from the owner-only Unix socket)
+//! are consumers and publishers like guests, recorded under the reserved
+//! name `host`; they may subscribe to any VM's `vm:<name>` and their
+//! publishes are the host's.
+//!
 //! Token policy: a hello naming a known VM must carry that VM's token,
 //! except a handshake-only hello (no `bus-v1`) when the broker runs with
 //! `allow_tokenless_handshake`; then it is recorded for reachability like any
 //! other. A token-less `bus-v1` hello is always `missing_token`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -38,6 +53,10 @@ pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
 pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 /// Default silence after which the broker closes a session (3 intervals).
 pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = 3 * HEARTBEAT_INTERVAL_MS;
+/// Default number of messages a session may hold delivered but not acked.
+pub const DEFAULT_UNACKED_WINDOW: u32 = 128;
+/// The name host sessions are recorded under (a reserved VM name, as in the bus log).
+pub const HOST: &str = super::buslog::HOST;
 
 /// Timeouts and policy of every session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +64,8 @@ pub struct SessionConfig {
     pub hello_timeout_ms: u64,
     pub heartbeat_timeout_ms: u64,
     pub allow_tokenless_handshake: bool,
+    /// Deliveries held unacked before delivery pauses (at least 1).
+    pub unacked_window: u32,
 }
 
 impl Default for SessionConfig {
@@ -53,6 +74,7 @@ impl Default for SessionConfig {
             hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
             heartbeat_timeout_ms: DEFAULT_HEARTBEAT_TIMEOUT_MS,
             allow_tokenless_handshake: false,
+            unacked_window: DEFAULT_UNACKED_WINDOW,
         }
     }
 }
@@ -90,6 +112,11 @@ pub enum Input<'a> {
     },
     /// The hub cut this session off (`slow_consumer`).
     Evict(Reason),
+    /// A host tool asked for a session on the host socket (never a guest).
+    HostSession,
+    /// The hub's next message for this session (fed only while
+    /// [`Session::can_deliver`]); `frame` is the encoded `message` frame.
+    Deliver { seq: u64, frame: Arc<[u8]> },
 }
 
 /// What the broker did about a struggling session.
@@ -166,18 +193,46 @@ pub enum Effect {
     Subscribe(String),
     /// Tell the hub: stop delivering `topic` to this session.
     Unsubscribe(String),
+    /// Send an encoded `message` frame (it is now unacked).
+    Deliver {
+        seq: u64,
+        frame: Arc<[u8]>,
+    },
     Close(Reason),
+}
+
+/// Who holds a bus session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// A guest that proved its VM's token.
+    Guest,
+    /// A host tool on the owner-only Unix socket.
+    Host,
 }
 
 /// A granted bus session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Open {
+    pub client: Client,
+    /// The VM name, or [`HOST`] for a host session.
     pub vm: String,
     pub session: String,
     pub last_heard_ms: u64,
     pub subscriptions: BTreeSet<String>,
     /// Highest `seq` the consumer acknowledged.
     pub acked_seq: Option<u64>,
+    /// Delivered `seq`s not acked yet, oldest first.
+    pub unacked: VecDeque<u64>,
+}
+
+impl Open {
+    /// The publisher recorded for this session's publishes (`None`: host).
+    pub fn publisher(&self) -> Option<&str> {
+        match self.client {
+            Client::Guest => Some(&self.vm),
+            Client::Host => None,
+        }
+    }
 }
 
 /// Where a connection stands.
@@ -220,6 +275,18 @@ impl Session {
         match self.state {
             State::AwaitingHello { .. } | State::Open { .. } => false,
             State::HandshakeOnly { .. } | State::Denied { .. } | State::Closed { .. } => true,
+        }
+    }
+
+    /// Whether the server may feed the next [`Input::Deliver`]: the session
+    /// is open and fewer than `unacked_window` deliveries await an ack.
+    pub fn can_deliver(&self) -> bool {
+        match &self.state {
+            State::Open(open) => open.unacked.len() < self.config.unacked_window.max(1) as usize,
+            State::AwaitingHello { .. }
+            | State::HandshakeOnly { .. }
+            | State::Denied { .. }
+            | State::Closed { .. } => false,
         }
     }
 
@@ -287,12 +354,12 @@ impl Session {
                     vec![Effect::Reply(Reply::Error(reason)), Effect::Close(reason)],
                 )
             }
-            // Frames cannot arrive before the handshake: the server reads lines then.
+            (State::AwaitingHello { .. }, Input::HostSession) => self.on_host(now_ms),
             // Frames cannot arrive before the handshake: the server reads lines then;
-            // neither can commits or evictions, which need a session.
+            // neither can commits, evictions or deliveries, which need a session.
             (
                 s @ State::AwaitingHello { .. },
-                Input::Frame(_) | Input::Committed { .. } | Input::Evict(_),
+                Input::Frame(_) | Input::Committed { .. } | Input::Evict(_) | Input::Deliver { .. },
             ) => (s, vec![]),
 
             (State::Open(open), input) => self.on_open(open, now_ms, input),
@@ -329,11 +396,13 @@ impl Session {
             };
             (
                 State::Open(Open {
+                    client: Client::Guest,
                     vm: hello.vm,
                     session: self.id.clone(),
                     last_heard_ms: now_ms,
                     subscriptions: BTreeSet::new(),
                     acked_seq: None,
+                    unacked: VecDeque::new(),
                 }),
                 vec![
                     Effect::Reply(Reply::Session(self.id.clone())),
@@ -357,6 +426,30 @@ impl Session {
         }
     }
 
+    /// A host tool's session: trusted by the socket's permissions.
+    fn on_host(&self, now_ms: u64) -> (State, Vec<Effect>) {
+        let record = Record::Granted {
+            vm: HOST.to_owned(),
+            session: Some(self.id.clone()),
+            capabilities: vec![super::hello::CAP_BUS_V1.to_owned()],
+        };
+        (
+            State::Open(Open {
+                client: Client::Host,
+                vm: HOST.to_owned(),
+                session: self.id.clone(),
+                last_heard_ms: now_ms,
+                subscriptions: BTreeSet::new(),
+                acked_seq: None,
+                unacked: VecDeque::new(),
+            }),
+            vec![
+                Effect::Reply(Reply::Session(self.id.clone())),
+                Effect::Record(record),
+            ],
+        )
+    }
+
     fn on_open(&self, mut open: Open, now_ms: u64, input: Input<'_>) -> (State, Vec<Effect>) {
         let mut effects = Vec::new();
         match input {
@@ -368,7 +461,7 @@ impl Session {
                 let ack = match result {
                     Ok(seq) => {
                         effects.push(Effect::Record(Record::Published {
-                            vm: Some(open.vm.clone()),
+                            vm: open.publisher().map(str::to_owned),
                             seq,
                         }));
                         BrokerFrame::ack_published(seq, id)
@@ -400,8 +493,14 @@ impl Session {
                 effects.push(Effect::Send(BrokerFrame::Bye { reason }));
                 return close(open, reason, effects);
             }
+            Input::Deliver { seq, frame } => {
+                // The server feeds deliveries only while the window is open;
+                // one fed anyway is still sent (never lost) and counted.
+                open.unacked.push_back(seq);
+                effects.push(Effect::Deliver { seq, frame });
+            }
             // Lines end with the handshake; the server no longer reads them.
-            Input::Line(_) | Input::LineTooLong => {}
+            Input::Line(_) | Input::LineTooLong | Input::HostSession => {}
         }
         (State::Open(open), effects)
     }
@@ -426,7 +525,11 @@ fn on_frame(open: &mut Open, frame: ClientFrame, effects: &mut Vec<Effect>) {
             ))),
         },
         ClientFrame::Subscribe { topic } => {
-            let verdict = topic::check_subscribe(&topic, &open.vm).and_then(|()| {
+            let allowed = match open.client {
+                Client::Guest => topic::check_subscribe(&topic, &open.vm),
+                Client::Host => topic::check(&topic),
+            };
+            let verdict = allowed.and_then(|()| {
                 let full = open.subscriptions.len() >= topic::MAX_SUBSCRIPTIONS;
                 if full && !open.subscriptions.contains(&topic) {
                     Err(Reason::TooManySubscriptions)
@@ -465,7 +568,11 @@ fn on_frame(open: &mut Open, frame: ClientFrame, effects: &mut Vec<Effect>) {
             }
         },
         ClientFrame::Ack { seq } => {
+            // Cumulative: every delivered seq <= `seq` is acknowledged.
             open.acked_seq = Some(open.acked_seq.map_or(seq, |a| a.max(seq)));
+            while open.unacked.front().is_some_and(|&s| s <= seq) {
+                open.unacked.pop_front();
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
-//! Session transcripts: `> input` lines fed at a time, `< effect` lines returned.
+//! Session transcripts: `> input` lines fed at a time, `< effect` lines
+//! returned, `=` lines for the unacked window opening or closing and for the
+//! final state.
 
 use super::*;
-use crate::broker::frame::ClientFrame;
+use crate::broker::frame::{BrokerFrame, ClientFrame};
 use serde_json::json;
 
 fn registry(vm: &str) -> TokenLookup {
@@ -30,8 +32,12 @@ fn transcript(config: SessionConfig, steps: Vec<Step<'_>>) -> String {
             Input::Shutdown => "shutdown".into(),
             Input::Committed { id, result } => format!("committed id={id:?} {result:?}"),
             Input::Evict(r) => format!("evict {r}"),
+            Input::HostSession => "host-session".into(),
+            Input::Deliver { seq, .. } => format!("deliver seq={seq}"),
         };
         out.push_str(&format!("> @{now} {shown}\n"));
+        let was_open = matches!(s.state(), State::Open(_));
+        let could = s.can_deliver();
         for e in s.on_input(now, input, &registry) {
             let line = match e {
                 Effect::Reply(r) => format!("reply {:?}", r.to_line()),
@@ -42,9 +48,21 @@ fn transcript(config: SessionConfig, steps: Vec<Step<'_>>) -> String {
                 }
                 Effect::Subscribe(t) => format!("hub subscribe {t:?}"),
                 Effect::Unsubscribe(t) => format!("hub unsubscribe {t:?}"),
+                Effect::Deliver { seq, frame } => {
+                    format!("deliver seq={seq} {}", String::from_utf8_lossy(&frame[4..]))
+                }
                 Effect::Close(r) => format!("close {r}"),
             };
             out.push_str(&format!("< {line}\n"));
+        }
+        if let (true, State::Open(open)) = (was_open, s.state())
+            && could != s.can_deliver()
+        {
+            let word = if s.can_deliver() { "open" } else { "closed" };
+            out.push_str(&format!(
+                "= window {word} ({} unacked)\n",
+                open.unacked.len()
+            ));
         }
     }
     out.push_str(&format!(
@@ -61,7 +79,118 @@ fn cfg() -> SessionConfig {
         hello_timeout_ms: 5_000,
         heartbeat_timeout_ms: 15_000,
         allow_tokenless_handshake: false,
+        unacked_window: 2,
     }
+}
+
+/// A delivery of message `seq` on `topic` (what the hub hands a session).
+fn deliver(seq: u64, topic: &str) -> Input<'static> {
+    let frame = crate::broker::frame::encode(&BrokerFrame::Message {
+        seq,
+        topic: topic.into(),
+        from: "host".into(),
+        ts_ms: 1_000 + seq,
+        payload: json!(seq),
+    });
+    Input::Deliver {
+        seq,
+        frame: frame.into(),
+    }
+}
+
+fn ack(seq: u64) -> Input<'static> {
+    frame(ClientFrame::Ack { seq })
+}
+
+#[test]
+fn the_unacked_window_pauses_delivery_until_acks_come() {
+    insta::assert_snapshot!(transcript(cfg(), vec![
+        (0, Input::Line(b"hello vm:web capabilities=bus-v1 token=s3cret")),
+        (1, sub("jobs")),
+        (2, deliver(5, "jobs")),
+        (3, deliver(6, "jobs")),
+        (4, ack(5)),
+        (5, deliver(7, "jobs")),
+        (6, ack(7)),
+        (7, ack(3)),
+        (8, deliver(8, "jobs")),
+        (9, deliver(9, "jobs")),
+        (10, deliver(10, "jobs")),
+        (11, ack(10)),
+    ]), @r#"
+        > @0 line "hello vm:web capabilities=bus-v1 token=s3cret"
+        < reply "ok session=s1"
+        < record Granted { vm: "web", session: Some("s1"), capabilities: ["bus-v1"] }
+        > @1 frame {"type":"subscribe","topic":"jobs"}
+        < hub subscribe "jobs"
+        < record Subscriptions { vm: "web", session: "s1", count: 1 }
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @2 deliver seq=5
+        < deliver seq=5 {"type":"message","seq":5,"topic":"jobs","from":"host","ts_ms":1005,"payload":5}
+        > @3 deliver seq=6
+        < deliver seq=6 {"type":"message","seq":6,"topic":"jobs","from":"host","ts_ms":1006,"payload":6}
+        = window closed (2 unacked)
+        > @4 frame {"type":"ack","seq":5}
+        = window open (1 unacked)
+        > @5 deliver seq=7
+        < deliver seq=7 {"type":"message","seq":7,"topic":"jobs","from":"host","ts_ms":1007,"payload":7}
+        = window closed (2 unacked)
+        > @6 frame {"type":"ack","seq":7}
+        = window open (0 unacked)
+        > @7 frame {"type":"ack","seq":3}
+        > @8 deliver seq=8
+        < deliver seq=8 {"type":"message","seq":8,"topic":"jobs","from":"host","ts_ms":1008,"payload":8}
+        > @9 deliver seq=9
+        < deliver seq=9 {"type":"message","seq":9,"topic":"jobs","from":"host","ts_ms":1009,"payload":9}
+        = window closed (2 unacked)
+        > @10 deliver seq=10
+        < deliver seq=10 {"type":"message","seq":10,"topic":"jobs","from":"host","ts_ms":1010,"payload":10}
+        > @11 frame {"type":"ack","seq":10}
+        = window open (0 unacked)
+        = Open(Open { client: Guest, vm: "web", session: "s1", last_heard_ms: 11, subscriptions: {"jobs"}, acked_seq: Some(10), unacked: [] }) terminal=false deadline=Some(15011)
+        "#);
+}
+
+#[test]
+fn a_host_session_subscribes_to_any_topic_and_publishes_as_the_host() {
+    insta::assert_snapshot!(transcript(cfg(), vec![
+        (0, Input::HostSession),
+        (1, sub("vm:web")),
+        (2, sub("")),
+        (3, frame(ClientFrame::Publish { topic: "vm:db".into(), payload: json!({"job": 1}), id: None })),
+        (4, Input::Committed { id: None, result: Ok(12) }),
+        (5, deliver(12, "vm:web")),
+        (6, Input::HostSession),
+        (7, Input::Line(b"hello vm:web capabilities=bus-v1 token=s3cret")),
+        (20_000, Input::Tick),
+    ]), @r#"
+        > @0 host-session
+        < reply "ok session=s1"
+        < record Granted { vm: "host", session: Some("s1"), capabilities: ["bus-v1"] }
+        > @1 frame {"type":"subscribe","topic":"vm:web"}
+        < hub subscribe "vm:web"
+        < record Subscriptions { vm: "host", session: "s1", count: 1 }
+        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        > @2 frame {"type":"subscribe","topic":""}
+        < send {"type":"ack","ack":"subscribe","status":"error","reason":"invalid_topic"}
+        > @3 frame {"type":"publish","topic":"vm:db","payload":{"job":1}}
+        < publish topic="vm:db" payload={"job":1} id=None
+        > @4 committed id=None Ok(12)
+        < send {"type":"ack","ack":"publish","status":"ok","seq":12}
+        < record Published { vm: None, seq: 12 }
+        > @5 deliver seq=12
+        < deliver seq=12 {"type":"message","seq":12,"topic":"vm:web","from":"host","ts_ms":1012,"payload":12}
+        > @6 host-session
+        > @7 line "hello vm:web capabilities=bus-v1 token=s3cret"
+        > @20000 tick
+        < send {"type":"bye","reason":"heartbeat_timeout"}
+        < record Decision { vm: "host", session: "s1", reason: HeartbeatTimeout, action: Disconnect, attempt: 0 }
+        < hub unsubscribe "vm:web"
+        < record Subscriptions { vm: "host", session: "s1", count: 0 }
+        < record Closed { vm: "host", session: "s1", reason: HeartbeatTimeout }
+        < close heartbeat_timeout
+        = Closed { reason: HeartbeatTimeout } terminal=true deadline=None
+        "#);
 }
 
 #[test]
@@ -273,7 +402,7 @@ fn subscription_cap() {
         < send {"type":"ack","ack":"subscribe","status":"error","reason":"too_many_subscriptions"}
         > @2 frame {"type":"subscribe","topic":"t0"}
         < send {"type":"ack","ack":"subscribe","status":"ok"}
-        = Open(Open { vm: "web", session: "s1", last_heard_ms: 2, subscriptions: {"t0", "t1", "t10", "t11", "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t2", "t20", "t21", "t22", "t23", "t24", "t25", "t26", "t27", "t28", "t29", "t3", "t30", "t31", "t32", "t33", "t34", "t35", "t36", "t37", "t38", "t39", "t4", "t40", "t41", "t42", "t43", "t44", "t45", "t46", "t47", "t48", "t49", "t5", "t50", "t51", "t52", "t53", "t54", "t55", "t56", "t57", "t58", "t59", "t6", "t60", "t61", "t62", "t63", "t7", "t8", "t9"}, acked_seq: None }) terminal=false deadline=Some(15002)
+        = Open(Open { client: Guest, vm: "web", session: "s1", last_heard_ms: 2, subscriptions: {"t0", "t1", "t10", "t11", "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t2", "t20", "t21", "t22", "t23", "t24", "t25", "t26", "t27", "t28", "t29", "t3", "t30", "t31", "t32", "t33", "t34", "t35", "t36", "t37", "t38", "t39", "t4", "t40", "t41", "t42", "t43", "t44", "t45", "t46", "t47", "t48", "t49", "t5", "t50", "t51", "t52", "t53", "t54", "t55", "t56", "t57", "t58", "t59", "t6", "t60", "t61", "t62", "t63", "t7", "t8", "t9"}, acked_seq: None, unacked: [] }) terminal=false deadline=Some(15002)
         "#);
 }
 

@@ -10,6 +10,9 @@
 //! (3 heartbeat intervals = 15 s), or, when its latest handshake was
 //! handshake-only, that handshake is within the window. A stale file (broker
 //! killed or frozen) therefore ages out by itself.
+//!
+//! Host sessions (`castra bus subscribe`) are recorded under the reserved
+//! name `host` and kept in [`BrokerSnapshot::host`], never among the VMs.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,7 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::reason::Reason;
-use super::session::{Action, HEARTBEAT_INTERVAL_MS, Record};
+use super::session::{Action, HEARTBEAT_INTERVAL_MS, HOST, Record};
 
 /// Format version of state.json.
 pub const STATE_VERSION: u32 = 1;
@@ -97,6 +100,10 @@ pub struct BrokerSnapshot {
     /// Frames waiting in every session's outbound queue, at the latest sample.
     #[serde(default)]
     pub bus_queue_depth: u64,
+    /// Host bus sessions (`castra bus subscribe`): open sessions, their
+    /// subscriptions, heartbeats and slow-consumer cut-offs, as for a VM.
+    #[serde(default)]
+    pub host: VmEntry,
     pub vms: BTreeMap<String, VmEntry>,
 }
 
@@ -113,16 +120,15 @@ impl BrokerSnapshot {
         let mut vms = BTreeMap::new();
         let (mut unknown, mut last_unknown, mut malformed, mut timeouts) = (0, None, 0, 0);
         let (mut host_publish, mut last_seq, mut dropped) = (None, None, 0);
+        let mut host = VmEntry::default();
         if let Some(prev) = previous {
+            host = prev.host;
+            host.forget_sessions();
             host_publish = prev.host_last_publish_ms;
             last_seq = prev.bus_last_seq;
             dropped = prev.bus_overflow_dropped_total;
             for (name, mut entry) in prev.vms {
-                entry.session = None;
-                entry.sessions = 0;
-                entry.open_sessions.clear();
-                entry.session_subscriptions.clear();
-                entry.bus_subscribed = false;
+                entry.forget_sessions();
                 vms.insert(name, entry);
             }
             unknown = prev.denied_unknown_vm;
@@ -148,7 +154,17 @@ impl BrokerSnapshot {
             bus_last_seq: last_seq,
             bus_overflow_dropped_total: dropped,
             bus_queue_depth: 0,
+            host,
             vms,
+        }
+    }
+
+    /// The entry records about `vm` go to: the host's for [`HOST`].
+    fn entry(&mut self, vm: &str) -> &mut VmEntry {
+        if vm == HOST {
+            &mut self.host
+        } else {
+            self.vms.entry(vm.to_owned()).or_default()
         }
     }
 
@@ -157,7 +173,7 @@ impl BrokerSnapshot {
     pub fn apply(&mut self, record: &Record, now_ms: u64) {
         match record {
             Record::Granted { vm, session, .. } => {
-                let e = self.vms.entry(vm.clone()).or_default();
+                let e = self.entry(vm);
                 e.last_handshake_ms = Some(now_ms);
                 e.handshakes += 1;
                 e.handshake_only = session.is_none();
@@ -180,16 +196,16 @@ impl BrokerSnapshot {
             },
             Record::HelloTimeout => self.hello_timeouts += 1,
             Record::Heartbeat { vm, .. } => {
-                self.vms.entry(vm.clone()).or_default().last_heartbeat_ms = Some(now_ms);
+                self.entry(vm).last_heartbeat_ms = Some(now_ms);
             }
             Record::Closed { vm, session, .. } => {
-                let e = self.vms.entry(vm.clone()).or_default();
+                let e = self.entry(vm);
                 e.open_sessions.retain(|s| s != session);
                 e.session_subscriptions.remove(session);
                 e.refresh();
             }
             Record::Subscriptions { vm, session, count } => {
-                let e = self.vms.entry(vm.clone()).or_default();
+                let e = self.entry(vm);
                 if *count == 0 {
                     e.session_subscriptions.remove(session);
                 } else {
@@ -201,7 +217,7 @@ impl BrokerSnapshot {
                 self.bus_last_seq = Some(self.bus_last_seq.map_or(*seq, |s| s.max(*seq)));
                 match vm {
                     Some(vm) => {
-                        let e = self.vms.entry(vm.clone()).or_default();
+                        let e = self.entry(vm);
                         e.last_publish_ms = Some(now_ms);
                         e.publishes += 1;
                     }
@@ -212,10 +228,7 @@ impl BrokerSnapshot {
                 vm, reason, action, ..
             } => {
                 if *reason == Reason::SlowConsumer && *action == Action::Disconnect {
-                    self.vms
-                        .entry(vm.clone())
-                        .or_default()
-                        .slow_consumer_disconnects += 1;
+                    self.entry(vm).slow_consumer_disconnects += 1;
                 }
             }
         }
@@ -229,6 +242,15 @@ impl BrokerSnapshot {
 }
 
 impl VmEntry {
+    /// A restarted broker keeps history, not sessions.
+    fn forget_sessions(&mut self) {
+        self.session = None;
+        self.sessions = 0;
+        self.open_sessions.clear();
+        self.session_subscriptions.clear();
+        self.bus_subscribed = false;
+    }
+
     fn refresh(&mut self) {
         self.sessions = self.open_sessions.len() as u32;
         self.session = self.open_sessions.last().cloned();
@@ -365,6 +387,16 @@ mod tests {
             },
             2_300,
         );
+        // A host consumer is counted apart from the VMs.
+        s.apply(&granted(HOST, Some("h")), 2_400);
+        s.apply(
+            &Record::Subscriptions {
+                vm: HOST.into(),
+                session: "h".into(),
+                count: 1,
+            },
+            2_500,
+        );
         s.set_bus_stats(3, 17);
         insta::assert_snapshot!(serde_json::to_string_pretty(&s).unwrap(), @r#"
             {
@@ -385,6 +417,26 @@ mod tests {
               "bus_last_seq": 6,
               "bus_overflow_dropped_total": 3,
               "bus_queue_depth": 17,
+              "host": {
+                "last_handshake_ms": 2400,
+                "last_heartbeat_ms": null,
+                "session": "h",
+                "sessions": 1,
+                "handshakes": 1,
+                "handshake_only": false,
+                "denials": 0,
+                "last_denial": null,
+                "open_sessions": [
+                  "h"
+                ],
+                "bus_subscribed": true,
+                "last_publish_ms": null,
+                "publishes": 0,
+                "slow_consumer_disconnects": 0,
+                "session_subscriptions": {
+                  "h": 1
+                }
+              },
               "vms": {
                 "db": {
                   "last_handshake_ms": 1500,

@@ -38,6 +38,10 @@ pub struct BrokerArgs {
     /// Capacity of each bus session's outbound queue, in frames.
     #[arg(long, value_name = "FRAMES", default_value_t = hub::DEFAULT_QUEUE_FRAMES)]
     pub bus_queue_frames: usize,
+    /// Messages a bus session may hold delivered but not acked; then delivery
+    /// pauses (further messages wait in its queue) until acks come.
+    #[arg(long, value_name = "N", default_value_t = session::DEFAULT_UNACKED_WINDOW)]
+    pub bus_unacked_window: u32,
     /// Retries of a full queue before `bye slow_consumer`.
     #[arg(long, default_value_t = hub::DEFAULT_MAX_RETRIES)]
     pub slow_consumer_retries: u32,
@@ -57,6 +61,7 @@ pub fn run(args: &BrokerArgs) -> Result<ExitCode> {
     opts.session.hello_timeout_ms = args.hello_timeout_ms;
     opts.session.heartbeat_timeout_ms = args.heartbeat_timeout_ms;
     opts.session.allow_tokenless_handshake = args.allow_tokenless_handshake;
+    opts.session.unacked_window = args.bus_unacked_window.max(1);
     opts.frame_limit = args.frame_limit;
     opts.max_connections = args.max_connections;
     opts.hub = hub::HubConfig {

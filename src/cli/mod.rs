@@ -74,7 +74,7 @@ enum Command {
     Clean(clean::CleanArgs),
     /// Build or locate the default guest image.
     Image(image::ImageArgs),
-    /// Publish to the bus (durable ack) or tail its log.
+    /// Publish to the bus (durable ack), subscribe as a host consumer, or tail its log.
     Bus(bus::BusArgs),
     /// Run the host broker in the foreground (started by `apply`; not for direct use).
     #[command(hide = true)]

@@ -40,6 +40,9 @@ pub struct BrokerStatus {
     pub port: u16,
     /// Why it is offline, or a problem reading its state file.
     pub reason: Option<String>,
+    /// Host bus sessions open now (`castra bus subscribe`); null when the
+    /// broker is not running or has no state file.
+    pub host_sessions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +182,10 @@ pub fn collect(project: &Project) -> StatusReport {
                 BrokerState::Offline { why } => Some(why.clone()),
                 BrokerState::Running { .. } => snapshot_error,
             },
+            host_sessions: snapshot
+                .as_ref()
+                .filter(|_| broker_up)
+                .map(|s| s.host.sessions),
         },
         vms,
     }

@@ -5,6 +5,9 @@ use crate::config::ByteSize;
 
 /// Shown by `castra status --help`.
 pub const LEGEND: &str = "\
+First line: the project, its broker (state, pid, guest port) and, when there are any, the
+host consumers holding a bus session (`castra bus subscribe`).
+
 Columns:
   VM         instance name (`web-2` for the second replica of `web`)
   STATE      running | stopped | broken (contradictory evidence, e.g. QEMU alive
@@ -28,7 +31,7 @@ Columns:
 
 JSON (`--json`), stable field names:
   project, config, state_root
-  broker: {state, pid, port, reason}
+  broker: {state, pid, port, reason, host_sessions (open `castra bus subscribe` sessions)}
   vms[]: {name, state, reasons[], in_config, config_changed, pid, cpus, memory_bytes,
           uptime_s, accel, accel_reason, forwards[], reachable, last_handshake_age_ms,
           last_heartbeat_age_ms, sessions, bus_subscribed, last_publish_age_ms,
@@ -107,8 +110,13 @@ pub fn table(report: &StatusReport) -> String {
     let widths: Vec<usize> = (0..10)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
+    let consumers = match report.broker.host_sessions {
+        Some(1) => ", 1 host consumer".to_owned(),
+        Some(n) if n > 1 => format!(", {n} host consumers"),
+        Some(_) | None => String::new(),
+    };
     let mut out = format!(
-        "project {}  broker {} (port {})\n",
+        "project {}  broker {} (port {}{consumers})\n",
         report.project,
         match report.broker.pid {
             Some(pid) => format!("{} pid {pid}", report.broker.state),
@@ -215,11 +223,12 @@ mod tests {
                 pid: Some(77),
                 port: 7750,
                 reason: None,
+                host_sessions: Some(2),
             },
             vms: vec![web, booting, vm("db", "stopped"), old],
         };
         insta::assert_snapshot!(table(&report), @r#"
-            project demo  broker running pid 77 (port 7750)
+            project demo  broker running pid 77 (port 7750, 2 host consumers)
             VM   STATE                         BROKER     BUS         BUS AGE  BOOT      CPU/MEM  UPTIME  ACCEL  FORWARDS
             web  running*                      reachable  subscribed  4s       ok 1m01s  1/256M   2m05s   tcg    127.0.0.1:8080->80/tcp
             api  running                       waiting    -           -        never     1/256M   -       -      -

@@ -1,8 +1,11 @@
 //! Shared helpers for integration tests: run the real `castra` binary in a
 //! temp project, parse its JSON, and make sure every QEMU a test started dies
-//! with the test (whatever happens).
+//! with the test (whatever happens). The broker and simulated-guest harness
+//! is in `broker.rs`.
 
 #![allow(dead_code)]
+
+pub mod broker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

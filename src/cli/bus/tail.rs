@@ -1,60 +1,37 @@
-//! `castra bus publish` and `castra bus tail`: the host's side of the bus.
-//! Publish goes through the broker's Unix socket and succeeds only on the
-//! durable ack; tail reads (and follows) the bus log files directly, across
-//! their rotated generations, so it never waits on the broker. Rendering of
-//! log lines is pure (tested here).
+//! `castra bus tail`: print and follow the bus log files, from the oldest
+//! kept rotated generation to the live file, filtered by publisher, topic
+//! and start (`--since`). Reads files only, so it never waits on the broker.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
 
+use super::render_line;
+use super::since::Since;
 use crate::broker::buslog::{LogRecord, generations};
-use crate::broker::events::utc;
-use crate::broker::frame::DEFAULT_FRAME_LIMIT;
-use crate::broker::host_client;
-use crate::config::Project;
+use crate::broker::recorder::unix_ms;
 use crate::layout::StateLayout;
 
 /// How often `tail -f` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
-#[derive(clap::Args, Debug)]
-pub struct BusArgs {
-    #[command(subcommand)]
-    command: BusCommand,
-}
+pub const AFTER_HELP: &str = "\
+Examples:
+  castra bus tail -f --topic jobs          follow one topic
+  castra bus tail --since 10m              what was published in the last 10 minutes
+  castra bus tail --since 2026-11-23T10:00:00Z --vm web --json
+  castra bus tail -f --since seq:120       from sequence number 120 on, then follow
 
-#[derive(clap::Subcommand, Debug)]
-enum BusCommand {
-    /// Publish one message; exit 0 only once the broker has made it durable (prints its seq).
-    Publish(PublishArgs),
-    /// Print (and follow) the bus log; reads files only, never waits on the broker.
-    Tail(TailArgs),
-}
+Lines: <utc> #<seq> <publisher> <topic> [id=<id>] <payload>; --json prints the log's own
+lines ({\"seq\",\"vm\",\"topic\",\"ts_ms\",\"payload\",\"id\"?}).";
 
 #[derive(clap::Args, Debug)]
-struct PublishArgs {
-    /// Topic: `broadcast`, `vm:<name>` (that VM's subscribers) or any name.
-    #[arg(long, default_value = crate::broker::topic::BROADCAST)]
-    topic: String,
-    /// The payload as JSON; `-` or nothing reads it from stdin.
-    payload: Option<String>,
-    /// Send the payload as a JSON string instead of parsing it as JSON.
-    #[arg(long)]
-    text: bool,
-    /// An id echoed in the ack and stored in the log (a string).
-    #[arg(long)]
-    id: Option<String>,
-}
-
-#[derive(clap::Args, Debug)]
-struct TailArgs {
+pub struct TailArgs {
     /// Keep printing new messages as they are logged.
     #[arg(short, long)]
     follow: bool,
@@ -64,73 +41,40 @@ struct TailArgs {
     /// Only messages on this topic.
     #[arg(long)]
     topic: Option<String>,
+    /// Only messages from WHEN on: a duration ago (`10m`, `2h`), an RFC 3339
+    /// time (`2026-11-23T10:00:00Z`) or `seq:N`.
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
     /// Print the log's JSON lines as they are.
     #[arg(long)]
     json: bool,
-    /// Start with the last N messages (default: all).
+    /// Start with the last N messages (default: all; with --since, the last N of those).
     #[arg(short = 'n', long, value_name = "N")]
     lines: Option<usize>,
 }
 
-pub fn run(args: &BusArgs, project: &Project) -> Result<ExitCode> {
-    let layout = StateLayout::new(&project.state_root);
-    match &args.command {
-        BusCommand::Publish(p) => publish(p, &layout),
-        BusCommand::Tail(t) => tail(t, &layout),
-    }
-}
-
-fn publish(args: &PublishArgs, layout: &StateLayout) -> Result<ExitCode> {
-    let raw = match args.payload.as_deref() {
-        Some("-") | None => {
-            let mut s = String::new();
-            io::stdin()
-                .read_to_string(&mut s)
-                .context("cannot read the payload from stdin")?;
-            s
-        }
-        Some(p) => p.to_owned(),
-    };
-    let payload = if args.text {
-        Value::String(raw.strip_suffix('\n').unwrap_or(&raw).to_owned())
-    } else {
-        serde_json::from_str(&raw)
-            .map_err(|e| host_client::PublishError::InvalidJson(e.to_string()))?
-    };
-    let seq = host_client::publish(
-        &layout.broker_socket(),
-        &args.topic,
-        payload,
-        args.id.clone().map(Value::String),
-        DEFAULT_FRAME_LIMIT as usize,
-    )?;
-    println!("{seq}");
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Whether a record passes the filters.
-fn selected(rec: &LogRecord, topic: Option<&str>) -> bool {
-    topic.is_none_or(|t| rec.topic == t)
+fn selected(rec: &LogRecord, topic: Option<&str>, since: Option<&Since>) -> bool {
+    topic.is_none_or(|t| rec.topic == t) && since.is_none_or(|s| s.admits(rec))
 }
 
-/// One readable line: `<utc> #<seq> <from> <topic> <payload>`.
+/// One readable line for a log record.
 fn render(rec: &LogRecord) -> String {
-    let id = rec
-        .id
-        .as_ref()
-        .map(|i| format!(" id={i}"))
-        .unwrap_or_default();
-    format!(
-        "{} #{} {} {}{id} {}",
-        utc(rec.ts_ms),
+    render_line(
+        rec.ts_ms,
         rec.seq,
-        rec.from(),
-        rec.topic,
-        rec.payload
+        &rec.from(),
+        &rec.topic,
+        rec.id.as_ref(),
+        &rec.payload,
     )
 }
 
-fn tail(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
+pub fn run(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
+    let since = match &args.since {
+        Some(when) => Some(Since::parse(when, unix_ms()).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let path: PathBuf = match &args.vm {
         Some(vm) => layout.bus_vm_log(vm),
         None => layout.bus_all_log(),
@@ -154,7 +98,7 @@ fn tail(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
         let mut recs: Vec<(&str, LogRecord)> = lines
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l.as_str(), r)))
-            .filter(|(_, r)| selected(r, args.topic.as_deref()))
+            .filter(|(_, r)| selected(r, args.topic.as_deref(), since.as_ref()))
             .collect();
         if first && let Some(n) = args.lines {
             let skip = recs.len().saturating_sub(n);
@@ -332,7 +276,10 @@ mod tests {
         let (none, same) = read_new(&path, pos).unwrap();
         assert!(none.is_empty());
         assert_eq!(same, pos);
-        assert!(selected(&b, Some("vm:web")) && !selected(&a, Some("vm:web")));
+        assert!(selected(&b, Some("vm:web"), None) && !selected(&a, Some("vm:web"), None));
+        assert!(
+            selected(&b, None, Some(&Since::Seq(2))) && !selected(&a, None, Some(&Since::Seq(2)))
+        );
         insta::assert_snapshot!(format!("{}\n{}", render(&a), render(&b)), @r#"
             2024-05-01T12:34:56.789Z #1 vm:web broadcast {"n":1}
             2024-05-01T12:34:56.789Z #2 host vm:web id="x1" {"n":2}

@@ -1,0 +1,619 @@
+//! One bus connection, guest (TCP) or host (Unix socket): the task that
+//! feeds the pure [`Session`] machine and carries out its effects, and the
+//! writer task that drains the session's outbound queue into the socket.
+//! Accepting connections, the shared context and the broker's lifecycle are
+//! `server.rs`'s; what the protocol means is `session.rs`'s.
+//!
+//! An open session has three queues: the hub's bounded delivery queue (the
+//! hub only `try_send`s into it), the connection task that takes deliveries
+//! from it only while the session's unacked window is open, and the bounded
+//! outbound queue of the writer task. A stalled peer therefore stalls only
+//! its own writer; a consumer that stops acking leaves its deliveries in the
+//! hub queue until the hub's retries give up (`slow_consumer`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_net::TcpStream;
+use async_net::unix::UnixStream;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use smol::Timer;
+
+use serde_json::Value;
+
+use super::buslog::Append;
+use super::frame::{self, ClientFrame, Decoder};
+use super::hello::{GREETING, MAX_HELLO_LINE};
+use super::hub::{Delivery, Frame, HubMsg};
+use super::line::{LinePush, LineReader};
+use super::reason::Reason;
+use super::recorder::unix_ms;
+use super::server::{Ctx, FINAL_GRACE, WRITE_TIMEOUT};
+use super::session::{Effect, Input, Session, State};
+
+/// A connected socket a session runs on.
+pub(super) trait Stream:
+    AsyncRead + AsyncWrite + Clone + Unpin + Send + Sync + 'static
+{
+    /// Shut down one or both directions.
+    fn end(&self, how: std::net::Shutdown) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn end(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.shutdown(how)
+    }
+}
+
+impl Stream for UnixStream {
+    fn end(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.shutdown(how)
+    }
+}
+
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = (unix_ms() ^ u64::from(std::process::id()) << 40).to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
+enum Wake {
+    Read(io::Result<usize>),
+    Tick,
+    Shutdown,
+    Committed(Option<Value>, Result<u64, Reason>),
+    Evicted(Reason),
+    Deliver(Delivery),
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// A publish's completion, from the bus log writer to its session.
+type Completion = (Option<Value>, Result<u64, Reason>);
+
+/// The bus side of an open session.
+struct BusLink {
+    key: u64,
+    /// The hub's bounded delivery queue (taken from while the window is open).
+    deliveries: smol::channel::Receiver<Delivery>,
+    /// Bounded outbound queue, drained by the writer task.
+    queue: smol::channel::Sender<Frame>,
+    /// The last frames, handed past a full queue when the session closes.
+    last: smol::channel::Sender<Vec<u8>>,
+    commits_tx: smol::channel::Sender<Completion>,
+    commits: smol::channel::Receiver<Completion>,
+    evicted: smol::channel::Receiver<Reason>,
+    writer: smol::Task<()>,
+}
+
+struct Conn<S: Stream> {
+    ctx: Arc<Ctx>,
+    stream: S,
+    peer: SocketAddr,
+    session: Session,
+    bus: Option<BusLink>,
+}
+
+/// Serve a guest connection from the greeting to the close.
+pub(super) async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
+    let mut conn = Conn {
+        ctx,
+        stream,
+        peer,
+        session,
+        bus: None,
+    };
+    if conn
+        .write(format!("{GREETING}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Some(rest) = conn.hello_phase().await {
+        conn.open_bus();
+        conn.frame_phase(&rest).await;
+        conn.close_bus().await;
+    }
+    conn.linger().await;
+}
+
+/// Serve a host session on the Unix socket once its request line was read
+/// (`rest`: the bytes after it); recorded with `peer`.
+pub(super) async fn serve_host_session(
+    ctx: Arc<Ctx>,
+    stream: UnixStream,
+    peer: SocketAddr,
+    rest: Vec<u8>,
+) {
+    let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
+    let mut conn = Conn {
+        ctx,
+        stream,
+        peer,
+        session,
+        bus: None,
+    };
+    let effects = conn.step(Input::HostSession);
+    if let Flow::Continue = conn.perform(effects).await
+        && let State::Open(_) = conn.session.state()
+    {
+        conn.open_bus();
+        conn.frame_phase(&rest).await;
+        conn.close_bus().await;
+    }
+    conn.linger().await;
+}
+
+impl<S: Stream> Conn<S> {
+    /// Wait for bytes, the session's next deadline, a publish completion,
+    /// an eviction, or shutdown.
+    async fn wait(&mut self, buf: &mut [u8]) -> Wake {
+        let deadline = self.session.deadline_ms().map(|ms| self.ctx.instant_at(ms));
+        let ctx = self.ctx.clone();
+        let bus = self
+            .bus
+            .as_ref()
+            .map(|b| (b.commits.clone(), b.evicted.clone()));
+        let deliveries = self
+            .bus
+            .as_ref()
+            .filter(|_| self.session.can_deliver())
+            .map(|b| b.deliveries.clone());
+        let read = async { Wake::Read(self.stream.read(buf).await) };
+        let tick = async {
+            match deadline {
+                Some(at) => {
+                    Timer::at(at).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+            Wake::Tick
+        };
+        let stop = async {
+            ctx.stopped().await;
+            Wake::Shutdown
+        };
+        let bus = async {
+            match bus {
+                Some((commits, evicted)) => {
+                    let commit = async {
+                        match commits.recv().await {
+                            Ok((id, result)) => Wake::Committed(id, result),
+                            Err(_) => std::future::pending().await,
+                        }
+                    };
+                    let evict = async {
+                        match evicted.recv().await {
+                            Ok(reason) => Wake::Evicted(reason),
+                            Err(_) => std::future::pending().await,
+                        }
+                    };
+                    evict.or(commit).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let deliver = async {
+            match deliveries {
+                Some(rx) => match rx.recv().await {
+                    Ok(d) => Wake::Deliver(d),
+                    // The hub forgot this session (evicted): its notice follows.
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        stop.or(bus).or(read).or(tick).or(deliver).await
+    }
+
+    fn input_for(wake: Wake) -> Result<Input<'static>, usize> {
+        match wake {
+            Wake::Read(Ok(0)) => Ok(Input::PeerGone(Reason::PeerClosed)),
+            Wake::Read(Ok(n)) => Err(n),
+            Wake::Read(Err(_)) => Ok(Input::PeerGone(Reason::IoError)),
+            Wake::Tick => Ok(Input::Tick),
+            Wake::Shutdown => Ok(Input::Shutdown),
+            Wake::Committed(id, result) => Ok(Input::Committed { id, result }),
+            Wake::Evicted(reason) => Ok(Input::Evict(reason)),
+            Wake::Deliver(d) => Ok(Input::Deliver {
+                seq: d.seq,
+                frame: d.frame,
+            }),
+        }
+    }
+
+    /// Read the hello line; returns the bytes after it once a bus session is
+    /// open, `None` when the connection is finished.
+    async fn hello_phase(&mut self) -> Option<Vec<u8>> {
+        let mut reader = LineReader::new(MAX_HELLO_LINE);
+        let mut buf = [0u8; MAX_HELLO_LINE];
+        loop {
+            let wake = self.wait(&mut buf).await;
+            let mut rest = Vec::new();
+            let effects = match Self::input_for(wake) {
+                Ok(input) => self.step(input),
+                Err(n) => match reader.push(&buf[..n]) {
+                    LinePush::NeedMore => continue,
+                    LinePush::TooLong => self.step(Input::LineTooLong),
+                    LinePush::Line { line, rest: after } => {
+                        rest = after;
+                        self.step(Input::Line(&line))
+                    }
+                },
+            };
+            match self.perform(effects).await {
+                Flow::Close => return None,
+                Flow::Continue if self.session.is_terminal() => return None,
+                Flow::Continue => match self.session.state() {
+                    State::Open(_) => return Some(rest),
+                    State::AwaitingHello { .. }
+                    | State::HandshakeOnly { .. }
+                    | State::Denied { .. }
+                    | State::Closed { .. } => {}
+                },
+            }
+        }
+    }
+
+    /// Start the writer task and register the session with the hub.
+    fn open_bus(&mut self) {
+        let State::Open(open) = self.session.state() else {
+            return;
+        };
+        let (vm, session) = (open.vm.clone(), open.session.clone());
+        let key = self.ctx.next_key.fetch_add(1, Ordering::Relaxed);
+        let (queue, queue_rx) = smol::channel::bounded(self.ctx.opts.hub.queue_frames.max(1));
+        let (deliver, deliveries) = smol::channel::bounded(self.ctx.opts.hub.queue_frames.max(1));
+        let (last, last_rx) = smol::channel::bounded(1);
+        let (evict, evicted) = smol::channel::bounded(1);
+        let (commits_tx, commits) = smol::channel::unbounded();
+        let writer = smol::spawn(write_frames(self.stream.clone(), queue_rx, last_rx));
+        let _ = self.ctx.hub.try_send(HubMsg::Register {
+            key,
+            vm,
+            session,
+            peer: self.peer,
+            queue: deliver,
+            evict,
+        });
+        self.bus = Some(BusLink {
+            key,
+            deliveries,
+            queue,
+            last,
+            commits_tx,
+            commits,
+            evicted,
+            writer,
+        });
+    }
+
+    /// Forget the session in the hub and let its writer finish.
+    async fn close_bus(&mut self) {
+        let Some(bus) = self.bus.take() else {
+            return;
+        };
+        let _ = self.ctx.hub.try_send(HubMsg::Unregister { key: bus.key });
+        bus.queue.close();
+        let writer = bus.writer;
+        writer
+            .or(async {
+                Timer::after(WRITE_TIMEOUT + FINAL_GRACE).await;
+            })
+            .await;
+    }
+
+    async fn frame_phase(&mut self, first: &[u8]) {
+        let mut decoder = Decoder::new(self.ctx.opts.frame_limit);
+        if let Flow::Close = self.feed(&mut decoder, first).await {
+            return;
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let wake = self.wait(&mut buf).await;
+            let delivered = matches!(wake, Wake::Deliver(_));
+            let flow = match Self::input_for(wake) {
+                Ok(input) => {
+                    let effects = self.step(input);
+                    match self.perform(effects).await {
+                        Flow::Continue if delivered => self.deliver_ready().await,
+                        flow => flow,
+                    }
+                }
+                Err(n) => self.feed(&mut decoder, &buf[..n]).await,
+            };
+            if let Flow::Close = flow {
+                return;
+            }
+        }
+    }
+
+    /// Take the deliveries already queued, while the window stays open.
+    async fn deliver_ready(&mut self) -> Flow {
+        while self.session.can_deliver() {
+            let Some(Ok(d)) = self.bus.as_ref().map(|b| b.deliveries.try_recv()) else {
+                break;
+            };
+            let effects = self.step(Input::Deliver {
+                seq: d.seq,
+                frame: d.frame,
+            });
+            if let Flow::Close = self.perform(effects).await {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Decode every complete frame in `bytes` and run it through the session.
+    async fn feed(&mut self, decoder: &mut Decoder, mut bytes: &[u8]) -> Flow {
+        loop {
+            let input = match decoder.decode(&mut bytes) {
+                Ok(None) => return Flow::Continue,
+                Ok(Some(body)) => Input::Frame(ClientFrame::parse(&body)),
+                Err(reason) => Input::Frame(Err(reason)),
+            };
+            let effects = self.step(input);
+            if let Flow::Close = self.perform(effects).await {
+                return Flow::Close;
+            }
+        }
+    }
+
+    fn step(&mut self, input: Input<'_>) -> Vec<Effect> {
+        let now = self.ctx.now_ms();
+        let ctx = self.ctx.clone();
+        self.session
+            .on_input(now, input, &|vm: &str| ctx.lookup(vm))
+    }
+
+    async fn perform(&mut self, effects: Vec<Effect>) -> Flow {
+        // Frames sent together with a close are the session's last: they go
+        // past a full queue (a slow consumer still gets its `bye`).
+        let closing = effects.iter().any(|e| matches!(e, Effect::Close(_)));
+        let mut last_frames = Vec::new();
+        for effect in effects {
+            let written = match effect {
+                Effect::Reply(reply) => {
+                    self.write(format!("{}\n", reply.to_line()).as_bytes())
+                        .await
+                }
+                Effect::Send(f) if closing && self.bus.is_some() => {
+                    last_frames.extend_from_slice(&frame::encode(&f));
+                    Ok(())
+                }
+                Effect::Send(f) => self.send(frame::encode(&f).into()).await,
+                Effect::Deliver { frame, .. } => self.send(frame).await,
+                Effect::Record(record) => {
+                    self.ctx.recorder.record(record, self.peer);
+                    Ok(())
+                }
+                Effect::Publish { topic, payload, id } => self.publish(topic, payload, id).await,
+                Effect::Subscribe(topic) => {
+                    if let Some(bus) = &self.bus {
+                        let _ = self.ctx.hub.try_send(HubMsg::Subscribe {
+                            key: bus.key,
+                            topic,
+                        });
+                    }
+                    Ok(())
+                }
+                Effect::Unsubscribe(topic) => {
+                    if let Some(bus) = &self.bus {
+                        let _ = self.ctx.hub.try_send(HubMsg::Unsubscribe {
+                            key: bus.key,
+                            topic,
+                        });
+                    }
+                    Ok(())
+                }
+                Effect::Close(_) => {
+                    if let Some(bus) = &self.bus
+                        && !last_frames.is_empty()
+                    {
+                        let bytes: Frame = std::mem::take(&mut last_frames).into();
+                        if bus.queue.try_send(bytes.clone()).is_err() {
+                            let _ = bus.last.try_send(bytes.to_vec());
+                        }
+                    }
+                    return Flow::Close;
+                }
+            };
+            if written.is_err() {
+                // The peer is gone: close the session without writing more.
+                for e in self.step(Input::PeerGone(Reason::IoError)) {
+                    match e {
+                        Effect::Record(record) => self.ctx.recorder.record(record, self.peer),
+                        Effect::Reply(_)
+                        | Effect::Send(_)
+                        | Effect::Deliver { .. }
+                        | Effect::Publish { .. }
+                        | Effect::Subscribe(_)
+                        | Effect::Unsubscribe(_)
+                        | Effect::Close(_) => {}
+                    }
+                }
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Enqueue a frame for the writer (waits while this session's queue is full).
+    async fn send(&mut self, bytes: Frame) -> io::Result<()> {
+        match &self.bus {
+            Some(bus) => bus
+                .queue
+                .send(bytes)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "writer stopped")),
+            None => self.write(&bytes).await,
+        }
+    }
+
+    /// Hand a publish to the bus log; its ack comes back as a completion.
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Value,
+        id: Option<Value>,
+    ) -> io::Result<()> {
+        let (Some(bus), State::Open(open)) = (&self.bus, self.session.state()) else {
+            return Ok(());
+        };
+        let publisher = open.publisher().map(str::to_owned);
+        let done_tx = bus.commits_tx.clone();
+        let done_id = id.clone();
+        let append = Append {
+            vm: publisher,
+            topic,
+            payload,
+            id,
+            done: Box::new(move |result| {
+                let _ = done_tx.try_send((done_id, result));
+            }),
+        };
+        if self.ctx.bus_log.send(append).await.is_err() {
+            let _ = bus.commits_tx.try_send((None, Err(Reason::StorageError)));
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let stream = &mut self.stream;
+        async { stream.write_all(bytes).await }
+            .or(async {
+                Timer::after(WRITE_TIMEOUT).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+            })
+            .await
+    }
+
+    /// Close politely: stop writing, then drain what the peer still sends
+    /// (bounded in bytes and time) so the last reply is not lost to a reset.
+    async fn linger(&mut self) {
+        let _ = self.stream.end(std::net::Shutdown::Write);
+        let mut buf = [0u8; 4096];
+        let mut drained = 0usize;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while drained < 64 * 1024 {
+            let n = async { self.stream.read(&mut buf).await.unwrap_or(0) }
+                .or(async {
+                    Timer::at(deadline).await;
+                    0
+                })
+                .await;
+            if n == 0 {
+                break;
+            }
+            drained += n;
+        }
+    }
+}
+
+/// What the writer task does next.
+enum Next {
+    Frame(Frame),
+    Last(Vec<u8>),
+    Done,
+}
+
+/// A session's writer: drain the outbound queue into the socket. When the
+/// session's last frames arrive past a full queue, finish the frame in
+/// flight and write them within [`FINAL_GRACE`], dropping what is queued.
+/// A write stalled for [`WRITE_TIMEOUT`] ends the connection.
+async fn write_frames<S: Stream>(
+    mut stream: S,
+    queue: smol::channel::Receiver<Frame>,
+    last: smol::channel::Receiver<Vec<u8>>,
+) {
+    let last_frames = || async {
+        match last.recv().await {
+            Ok(bytes) => Next::Last(bytes),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let ok = loop {
+        let next = last_frames()
+            .or(async {
+                match queue.recv().await {
+                    Ok(f) => Next::Frame(f),
+                    Err(_) => Next::Done,
+                }
+            })
+            .await;
+        let (frame, interrupted) = match next {
+            Next::Done => break true,
+            Next::Last(bytes) => (Frame::from(bytes), None),
+            Next::Frame(f) => {
+                let mut off = 0;
+                let mut interrupted = None;
+                while off < f.len() {
+                    let step = async { Ok(stream.write(&f[off..]).await) }
+                        .or(async {
+                            match last_frames().await {
+                                Next::Last(b) => Err(b),
+                                Next::Frame(_) | Next::Done => std::future::pending().await,
+                            }
+                        })
+                        .or(async {
+                            Timer::after(WRITE_TIMEOUT).await;
+                            Ok(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "write timed out",
+                            )))
+                        })
+                        .await;
+                    match step {
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            let _ = stream.end(std::net::Shutdown::Both);
+                            return;
+                        }
+                        Ok(Ok(n)) => off += n,
+                        Err(bytes) => {
+                            interrupted = Some(bytes);
+                            break;
+                        }
+                    }
+                }
+                match interrupted {
+                    None => continue,
+                    Some(bytes) => (f, Some((off, bytes))),
+                }
+            }
+        };
+        // The last frames: finish the interrupted frame first, then them.
+        let mut tail = Vec::new();
+        match interrupted {
+            Some((off, bytes)) => {
+                tail.extend_from_slice(&frame[off..]);
+                tail.extend_from_slice(&bytes);
+            }
+            None => tail.extend_from_slice(&frame),
+        }
+        let done = async { stream.write_all(&tail).await.is_ok() }
+            .or(async {
+                Timer::after(FINAL_GRACE).await;
+                false
+            })
+            .await;
+        break done;
+    };
+    let how = if ok {
+        std::net::Shutdown::Write
+    } else {
+        std::net::Shutdown::Both
+    };
+    let _ = stream.end(how);
+}

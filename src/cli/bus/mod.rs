@@ -1,0 +1,106 @@
+//! `castra bus`: the host's side of the bus. `publish` goes through the
+//! broker's Unix socket and succeeds only on the durable ack; `subscribe`
+//! holds a live host session on that socket (`subscribe.rs`); `tail` reads
+//! and follows the bus log files directly, never waiting on the broker
+//! (`tail.rs`, with `--since` parsed in `since.rs`). Rendering a message as
+//! one readable line is shared here.
+
+mod since;
+mod subscribe;
+mod tail;
+
+use std::io::{self, Read};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::broker::events::utc;
+use crate::broker::frame::DEFAULT_FRAME_LIMIT;
+use crate::broker::host_client;
+use crate::config::Project;
+use crate::layout::StateLayout;
+
+#[derive(clap::Args, Debug)]
+pub struct BusArgs {
+    #[command(subcommand)]
+    command: BusCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum BusCommand {
+    /// Publish one message; exit 0 only once the broker has made it durable (prints its seq).
+    Publish(PublishArgs),
+    /// Receive messages live as a host consumer (a bus session on the broker's socket).
+    #[command(after_help = subscribe::AFTER_HELP)]
+    Subscribe(subscribe::SubscribeArgs),
+    /// Print (and follow) the bus log; reads files only, never waits on the broker.
+    #[command(after_help = tail::AFTER_HELP)]
+    Tail(tail::TailArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PublishArgs {
+    /// Topic: `broadcast`, `vm:<name>` (that VM's subscribers) or any name.
+    #[arg(long, default_value = crate::broker::topic::BROADCAST)]
+    topic: String,
+    /// The payload as JSON; `-` or nothing reads it from stdin.
+    payload: Option<String>,
+    /// Send the payload as a JSON string instead of parsing it as JSON.
+    #[arg(long)]
+    text: bool,
+    /// An id echoed in the ack and stored in the log (a string).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+pub fn run(args: &BusArgs, project: &Project) -> Result<ExitCode> {
+    let layout = StateLayout::new(&project.state_root);
+    match &args.command {
+        BusCommand::Publish(p) => publish(p, &layout),
+        BusCommand::Subscribe(s) => subscribe::run(s, &layout),
+        BusCommand::Tail(t) => tail::run(t, &layout),
+    }
+}
+
+fn publish(args: &PublishArgs, layout: &StateLayout) -> Result<ExitCode> {
+    let raw = match args.payload.as_deref() {
+        Some("-") | None => {
+            let mut s = String::new();
+            io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the payload from stdin")?;
+            s
+        }
+        Some(p) => p.to_owned(),
+    };
+    let payload = if args.text {
+        Value::String(raw.strip_suffix('\n').unwrap_or(&raw).to_owned())
+    } else {
+        serde_json::from_str(&raw)
+            .map_err(|e| host_client::PublishError::InvalidJson(e.to_string()))?
+    };
+    let seq = host_client::publish(
+        &layout.broker_socket(),
+        &args.topic,
+        payload,
+        args.id.clone().map(Value::String),
+        DEFAULT_FRAME_LIMIT as usize,
+    )?;
+    println!("{seq}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One readable line: `<utc> #<seq> <from> <topic> [id=<id>] <payload>`
+/// (what `tail` prints for a log record and `subscribe` for a message).
+fn render_line(
+    ts_ms: u64,
+    seq: u64,
+    from: &str,
+    topic: &str,
+    id: Option<&Value>,
+    payload: &Value,
+) -> String {
+    let id = id.map(|i| format!(" id={i}")).unwrap_or_default();
+    format!("{} #{seq} {from} {topic}{id} {payload}", utc(ts_ms))
+}
