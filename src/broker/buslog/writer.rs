@@ -34,6 +34,9 @@ use crate::layout::StateLayout;
 /// are in all.log, which is, and in the page cache).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Longest a commit waits for publishes that are about to join it.
+pub const GROUP_WAIT_MAX: Duration = Duration::from_micros(500);
+
 /// all.log's key in the open-file map (publishers are VM names or `host`).
 const ALL: &str = "";
 
@@ -58,6 +61,10 @@ pub(super) struct Writer {
     /// Publishers' logs written since the last checkpoint.
     dirty: BTreeSet<String>,
     last_checkpoint: Instant,
+    /// Sizes of the last two commits and how long the last sync took: what
+    /// the group-commit wait expects ([`group_wait`]).
+    recent: [usize; 2],
+    last_sync: Duration,
 }
 
 impl Writer {
@@ -80,6 +87,8 @@ impl Writer {
             checkpoint,
             dirty: BTreeSet::new(),
             last_checkpoint: Instant::now(),
+            recent: [0; 2],
+            last_sync: Duration::ZERO,
         }
     }
 
@@ -103,12 +112,24 @@ impl Writer {
             };
             let Some(first) = first else { break };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(a) => batch.push(a),
-                    Err(_) => break,
+            drain(&rx, &mut batch);
+            let (expected, wait) = group_wait(self.recent, self.last_sync, batch.len());
+            if !wait.is_zero() {
+                let deadline = Instant::now() + wait;
+                while batch.len() < expected && Instant::now() < deadline {
+                    let next =
+                        smol::block_on(smol::future::or(async { rx.recv().await.ok() }, async {
+                            smol::Timer::at(deadline).await;
+                            None
+                        }));
+                    match next {
+                        Some(a) => batch.push(a),
+                        None => break,
+                    }
+                    drain(&rx, &mut batch);
                 }
             }
+            self.recent = [self.recent[1], batch.len()];
             self.commit(batch);
             if !self.dirty.is_empty() && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 self.checkpoint();
@@ -190,6 +211,7 @@ impl Writer {
             }
             log.len += buf.len() as u64;
         }
+        let synced = Instant::now();
         if result.is_ok()
             && let Some(all) = self.files.get(ALL)
             && let Err(e) = all.file.sync_data()
@@ -199,6 +221,7 @@ impl Writer {
                 self.layout.bus_all_log().display()
             ));
         }
+        self.last_sync = synced.elapsed();
         for (key, len) in before {
             if result.is_err() {
                 // After a failed write or sync the file's state is unknown:
@@ -336,6 +359,32 @@ impl Writer {
     }
 }
 
+/// Take what else is waiting, up to a full batch.
+fn drain(rx: &smol::channel::Receiver<Append>, batch: &mut Vec<Append>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(a) => batch.push(a),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Group commit: with one publish in flight per publisher, a commit acks
+/// every publisher at once and they publish again together, but the first
+/// to arrive starts the next commit alone: commits alternate between a few
+/// records and the rest, two syncs where one would do. So when the last two
+/// commits were bigger than what is waiting now (`have`), wait for that
+/// many, at most half a sync (the wait must cost less than the sync it
+/// saves) and [`GROUP_WAIT_MAX`]. A lone publisher (commits of one) never
+/// waits. Returns (how many to wait for, how long at most).
+fn group_wait(recent: [usize; 2], last_sync: Duration, have: usize) -> (usize, Duration) {
+    let expected = recent[0].max(recent[1]).min(MAX_BATCH);
+    if expected <= 1 || have >= expected {
+        return (have, Duration::ZERO);
+    }
+    (expected, (last_sync / 2).min(GROUP_WAIT_MAX))
+}
+
 /// Shift `live`'s generations up by one (dropping the one beyond `keep`)
 /// and rename `live` to `live.1`.
 pub(super) fn rotate(live: &Path, keep: u32) -> io::Result<()> {
@@ -399,6 +448,20 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_waits_briefly_for_publishers_that_are_about_to_join() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        // Alone, or everyone is already here: no wait.
+        assert_eq!(group_wait([0, 0], ms(1), 1), (1, Duration::ZERO));
+        assert_eq!(group_wait([1, 1], ms(1), 1), (1, Duration::ZERO));
+        assert_eq!(group_wait([6, 58], ms(1), 60), (60, Duration::ZERO));
+        // The alternating pattern: wait for the bigger half, half a sync.
+        assert_eq!(group_wait([58, 6], us(400), 3), (58, us(200)));
+        // Capped: a slow disk does not make every commit wait long.
+        assert_eq!(group_wait([58, 6], ms(20), 3), (58, GROUP_WAIT_MAX));
+    }
 
     #[test]
     fn many_files_on_one_filesystem_share_one_syncfs() {
