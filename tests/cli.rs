@@ -152,15 +152,17 @@ fn output_cut_short_by_its_reader_ends_quietly() {
     // `castra plan | head -0`: the reader is gone before castra writes.
     let p = Project::new("[project]\nname = \"pipe\"\n[[vms]]\nname = \"web\"\n");
     for args in [&["plan"][..], &["plan", "--json"]] {
-        let mut child = std::process::Command::new(common::castra_bin())
+        // A pipe whose read end is closed before castra starts: every write
+        // fails with EPIPE, whatever the timing.
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        drop(read_end);
+        let out = std::process::Command::new(common::castra_bin())
             .args(args)
             .current_dir(p.path())
-            .stdout(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::from(write_end))
             .stderr(std::process::Stdio::piped())
-            .spawn()
+            .output()
             .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
         assert_eq!(
             out.status.code(),
             Some(0),
