@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what castra needs on a Debian/Ubuntu host: QEMU, the packages the
-# default guest image is built from, and a Rust toolchain if none is present.
+# default guest image is built from, debootstrap and e2fsprogs for the
+# Debian+Nix test guest (guest/debian-nix/build.sh), and a Rust toolchain if
+# none is present.
 # Idempotent; run as root (or with sudo available).
 set -euo pipefail
 
@@ -8,7 +10,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
-for pkg in qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl; do
+for pkg in qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl \
+  debootstrap e2fsprogs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -44,6 +44,8 @@ pub const SERIAL_LOG: &str = "serial.log";
 pub const QEMU_LOG: &str = "qemu.log";
 pub const OVERLAY: &str = "overlay.qcow2";
 pub const VM_TOKEN: &str = "token";
+/// The VM's share table, handed to the guest agent by fw_cfg (`opt/castra/shares`).
+pub const VM_SHARES: &str = "shares";
 pub const BOOTSTRAP_RECORD: &str = "bootstrap.json";
 pub const BOOTSTRAP_DIR: &str = "bootstrap";
 pub const BROKER_DIR: &str = "broker";
@@ -143,6 +145,9 @@ impl VmPaths {
     }
     pub fn token(&self) -> PathBuf {
         self.dir.join(VM_TOKEN)
+    }
+    pub fn shares(&self) -> PathBuf {
+        self.dir.join(VM_SHARES)
     }
     pub fn bootstrap_record(&self) -> PathBuf {
         self.dir.join(BOOTSTRAP_RECORD)

@@ -127,11 +127,13 @@ impl Vm {
                 host_port: free_port(),
                 guest_port: 80,
             }],
+            shares: vec![],
         };
         let boot = BootImage::Kernel {
             kernel: kernel.to_path_buf(),
             initrd: None,
             cmdline: "console=ttyS0".into(),
+            disk: None,
         };
         argv::build(&LaunchInputs {
             spec: &spec,

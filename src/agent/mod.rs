@@ -10,6 +10,7 @@ pub mod boot;
 pub mod bootstrap;
 pub mod bus;
 pub mod client;
+pub mod shares;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -41,8 +42,10 @@ bootstrap requests the host publishes on vm:<name> with /bin/sh -c and reports
 on castra.bootstrap.
 Defaults: vm and port from castra.vm= / castra.broker_port= on /proc/cmdline,
 host 10.0.2.2, token from /sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw.
+Before connecting it mounts the VM's shares (virtio-9p) listed in
+/sys/firmware/qemu_fw_cfg/by_name/opt/castra/shares/raw.
 Environment: CASTRA_AGENT_VM, CASTRA_AGENT_HOST, CASTRA_AGENT_PORT,
-CASTRA_AGENT_TOKEN_FILE (flags win).";
+CASTRA_AGENT_TOKEN_FILE (flags win), CASTRA_AGENT_SHARES_FILE.";
 
 /// Resolved agent settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub struct AgentConfig {
     pub port: u16,
     pub token_file: PathBuf,
     pub heartbeat_interval: Duration,
+    /// The share table to mount before connecting (absent: none).
+    pub shares_file: PathBuf,
 }
 
 /// Build the config from flags, then environment, then the boot files.
@@ -123,6 +128,9 @@ pub fn config_from(
         port,
         token_file,
         heartbeat_interval: Duration::from_millis(heartbeat_ms),
+        shares_file: env("CASTRA_AGENT_SHARES_FILE")
+            .unwrap_or_else(|| shares::FW_CFG_SHARES.into())
+            .into(),
     })
 }
 
@@ -250,6 +258,9 @@ pub fn run(config: &AgentConfig) -> ExitCode {
         config.vm,
         config.heartbeat_interval.as_millis()
     );
+    for line in shares::mount_all(&config.shares_file) {
+        eprintln!("castra-agent: {line}");
+    }
     let mut backoff = Backoff::default();
     let bootstraps = bootstrap::Bootstraps::default();
     loop {

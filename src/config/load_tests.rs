@@ -142,8 +142,48 @@ const BAD: &[(&str, &str)] = &[
         "[[vms]]\nname = \"web\"\nimage = { kernal = \"vmlinux\" }\n",
     ),
     (
-        "image_kernel_and_disk",
-        "[[vms]]\nname = \"web\"\nimage = { kernel = \"vmlinux\", disk = \"base.qcow2\" }\n",
+        "image_cmdline_with_disk_only",
+        "[[vms]]\nname = \"web\"\nimage = { disk = \"base.qcow2\", cmdline = \"root=/dev/vda\" }\n",
+    ),
+    (
+        "share_without_guest",
+        "[[vms]]\nname = \"web\"\nshares = [{ host = \"flake\" }]\n",
+    ),
+    (
+        "share_relative_guest",
+        "[[vms]]\nname = \"web\"\nshares = [{ host = \"flake\", guest = \"mnt/flake\" }]\n",
+    ),
+    (
+        "share_on_guest_root",
+        "[[vms]]\nname = \"web\"\nshares = [{ host = \"flake\", guest = \"/\" }]\n",
+    ),
+    (
+        "share_tag_too_long",
+        "[[vms]]\nname = \"web\"\nshares = [{ host = \"a\", guest = \"/a\", tag = \"this-tag-is-much-too-long-for-qemu\" }]\n",
+    ),
+    (
+        "share_tag_bad_character",
+        "[[vms]]\nname = \"web\"\nshares = [{ host = \"a\", guest = \"/a\", tag = \"my share\" }]\n",
+    ),
+    (
+        "share_tags_collide",
+        "[[vms]]\nname = \"web\"\nshares = [\n  { host = \"a\", guest = \"/srv/data\" },\n  { host = \"b\", guest = \"/mnt/data\" },\n]\n",
+    ),
+    (
+        "share_mount_point_twice",
+        "[[vms]]\nname = \"web\"\nshares = [\n  { host = \"a\", guest = \"/mnt/x\", tag = \"a\" },\n  { host = \"b\", guest = \"/mnt/x/\", tag = \"b\" },\n]\n",
+    ),
+    (
+        "share_unknown_key",
+        "[[vms]]\nname = \"web\"\nshares = [{ host = \"a\", guest = \"/a\", read_only = true }]\n",
+    ),
+    (
+        "share_not_a_table",
+        "[[vms]]\nname = \"web\"\nshares = [\"flake:/mnt/flake\"]\n",
+    ),
+    (
+        "share_host_empty",
+        "[[vms]]\nname = \"web\"\nshares = [{ host = \"\", guest = \"/a\" }]\n",
     ),
     (
         "image_initrd_with_disk",
@@ -340,6 +380,7 @@ fn a_minimal_vm_gets_the_documented_defaults() {
             machine: Machine::Microvm,
             accel: AccelChoice::Auto,
             forwards: vec![],
+            shares: vec![],
         }]
     );
 }
@@ -396,6 +437,14 @@ accel = "KVM"
 name = "k"
 image.kernel = "vmlinux"
 machine = "q35"
+
+[[vms]]
+name = "nix"
+image = { disk = "/img/disk.qcow2", kernel = "/img/vmlinux", initrd = "/img/initrd.img", cmdline = "root=/dev/vda rw" }
+shares = [
+  { host = "flake", guest = "/mnt/flake/" },
+  { host = "/srv/out", guest = "/out", tag = "results", readonly = false },
+]
 "#);
     assert_eq!(p.name, "lab");
     assert_eq!(p.state_root, Path::new("/var/lib/castra-lab"));
@@ -413,6 +462,7 @@ machine = "q35"
             kernel: "/srv/demo/boot/vmlinux".into(),
             initrd: Some("/abs/initrd.img".into()),
             cmdline: Some("console=ttyS0 quiet".into()),
+            disk: None,
         }
     );
     assert_eq!(web.machine, Machine::Microvm);
@@ -446,8 +496,42 @@ machine = "q35"
         ImageSpec::Kernel {
             kernel: "/srv/demo/vmlinux".into(),
             initrd: None,
-            cmdline: None
+            cmdline: None,
+            disk: None,
         }
+    );
+
+    let n = &p.vms[3];
+    assert_eq!(
+        n.machine,
+        Machine::Microvm,
+        "kernel + disk defaults to microvm"
+    );
+    assert_eq!(
+        n.image,
+        ImageSpec::Kernel {
+            kernel: "/img/vmlinux".into(),
+            initrd: Some("/img/initrd.img".into()),
+            cmdline: Some("root=/dev/vda rw".into()),
+            disk: Some("/img/disk.qcow2".into()),
+        }
+    );
+    assert_eq!(
+        n.shares,
+        [
+            Share {
+                host: "/srv/demo/flake".into(),
+                tag: "flake".into(),
+                guest: "/mnt/flake".into(),
+                readonly: true,
+            },
+            Share {
+                host: "/srv/out".into(),
+                tag: "results".into(),
+                guest: "/out".into(),
+                readonly: false,
+            },
+        ]
     );
 }
 
@@ -566,7 +650,8 @@ fn load_reads_a_real_file_and_makes_paths_absolute() {
         ImageSpec::Kernel {
             kernel: dir.join("vmlinux"),
             initrd: None,
-            cmdline: None
+            cmdline: None,
+            disk: None,
         }
     );
 }

@@ -21,6 +21,7 @@ mod load_tests;
 mod names;
 mod raw;
 mod schema;
+mod shares;
 mod size;
 mod suggest;
 mod template;
@@ -31,6 +32,7 @@ pub use discover::{CONFIG_FILE_NAME, discover};
 pub use duration::{format_duration, parse_duration};
 pub use load::{load, load_str};
 pub use names::MAX_NAME_LEN;
+pub use shares::{MAX_TAG_LEN, default_tag};
 pub use size::{ByteSize, parse_size};
 pub use template::INIT_TEMPLATE;
 
@@ -75,6 +77,23 @@ pub struct VmSpec {
     pub machine: Machine,
     pub accel: AccelChoice,
     pub forwards: Vec<Forward>,
+    /// Host directories shared into the guest (virtio-9p). Left out of the
+    /// serialized spec when empty, so fingerprints of VMs without shares
+    /// are what they were before shares existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
+}
+
+/// A host directory the guest mounts (virtio-9p; the guest agent mounts it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// Absolute host directory (relative paths in castra.toml start at its directory).
+    pub host: PathBuf,
+    /// The 9p mount tag: letters, digits, `_`, `-`, `.`; unique within the VM.
+    pub tag: String,
+    /// Absolute mount point in the guest.
+    pub guest: String,
+    pub readonly: bool,
 }
 
 /// What the guest boots.
@@ -83,11 +102,15 @@ pub struct VmSpec {
 pub enum ImageSpec {
     /// castra's default guest image (see `castra image build`).
     Default,
-    /// Direct kernel boot from files the user provides.
+    /// Direct kernel boot from files the user provides, optionally with a
+    /// qcow2 root disk (run on a copy-on-write overlay, attached as `/dev/vda`).
     Kernel {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         cmdline: Option<String>,
+        /// Absent from the serialized spec when `None` (stable fingerprints).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk: Option<PathBuf>,
     },
     /// A qcow2 disk, never written: each VM runs on its own copy-on-write overlay.
     Disk { path: PathBuf },

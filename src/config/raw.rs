@@ -40,6 +40,17 @@ pub(crate) struct RawVm {
     pub forwards: Option<Vec<Spanned<String>>>,
     pub count: Option<Spanned<i64>>,
     pub bootstrap: Option<Spanned<RawBootstrap>>,
+    pub shares: Option<Vec<Spanned<RawShare>>>,
+}
+
+/// `shares = [{ host = "flake", guest = "/mnt/flake", tag = "flake", readonly = true }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShare {
+    pub host: Option<Spanned<String>>,
+    pub tag: Option<Spanned<String>>,
+    pub guest: Option<Spanned<String>>,
+    pub readonly: Option<bool>,
 }
 
 /// `bootstrap = { run = "...", mode = "auto", env = { K = "v" } }` in a VM,

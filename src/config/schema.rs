@@ -79,6 +79,21 @@ static VMS: Section = Section {
             Kind::Table(&BOOTSTRAP),
             "bootstrap = { run = \"echo hi\" }",
         ),
+        field(
+            "shares",
+            Kind::Tables(&SHARE),
+            "{ host = \"flake\", guest = \"/mnt/flake\" }",
+        ),
+    ],
+};
+
+static SHARE: Section = Section {
+    title: "shares",
+    fields: &[
+        field("host", Kind::Str, "host = \"flake\""),
+        field("tag", Kind::Str, "tag = \"flake\""),
+        field("guest", Kind::Str, "guest = \"/mnt/flake\""),
+        field("readonly", Kind::Bool, "readonly = true"),
     ],
 };
 

@@ -32,6 +32,10 @@ forwards = ["127.0.0.1:5432:5432"]
 #   image = { kernel = "vmlinux", initrd = "initrd.img", cmdline = "console=ttyS0" }
 # Or a qcow2 disk, run on a copy-on-write overlay (machine defaults to "q35"):
 #   image = { disk = "base.qcow2" }
+# Or both: the kernel boots with the disk's overlay as its root (/dev/vda):
+#   image = { disk = "root.qcow2", kernel = "vmlinux", initrd = "initrd.img" }
+# Host directories the guest mounts (virtio-9p; read-only unless readonly = false):
+#   shares = [{ host = "flake", guest = "/mnt/flake" }]
 # Run something inside a VM once it is up, over the bus (no SSH): a script file,
 # an inline command, `nix run <flake>` or `nixos-rebuild switch --flake <flake>#<host>`.
 # mode "auto" runs it once per change, "always" on every apply, "skip" never:

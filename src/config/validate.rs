@@ -182,13 +182,14 @@ fn bad_name(what: &str, name: &Spanned<String>, why: &str) -> Problem {
 pub(crate) const RESERVED_VM_NAMES: &[&str] = &["host", "all"];
 
 /// A user path from the config: not empty, no `~`.
-fn check_path(key: &str, p: &Spanned<String>) -> Result<PathBuf, Problem> {
+pub(super) fn check_path(key: &str, p: &Spanned<String>) -> Result<PathBuf, Problem> {
     let text = p.get_ref();
     if text.trim().is_empty() {
         let example = match key {
             "state_dir" => ".castra",
             "kernel" => "vmlinux",
             "initrd" => "initrd.img",
+            "host" => "flake",
             _ => "base.qcow2",
         };
         return Err(Problem::new(format!("{key} path is empty"), p.span()).help(format!(
@@ -368,6 +369,11 @@ fn vm_instances(
         forwards.retain(|(fw, _)| fits(fw));
     }
 
+    let shares = vm
+        .shares
+        .map(|s| super::shares::check(s, &origin.root_dir, problems))
+        .unwrap_or_default();
+
     // Instances are built even when some field was wrong (with its default)
     // so that the checks across VMs still run and report in the same pass.
     let Some(name) = name else {
@@ -382,6 +388,7 @@ fn vm_instances(
         machine,
         accel,
         forwards: forwards.iter().map(|(f, _)| f.clone()).collect(),
+        shares,
     };
     let forward_spans: Vec<Range<usize>> = forwards.into_iter().map(|(_, s)| s).collect();
     match count {
@@ -451,7 +458,7 @@ fn memory(m: &Spanned<SizeInput>, problems: &mut Vec<Problem>) -> Option<ByteSiz
     }
 }
 
-const IMAGE_SHAPES: &str = "write image = \"default\", image = { kernel = \"vmlinux\", initrd = \"initrd.img\", cmdline = \"console=ttyS0\" } or image = { disk = \"base.qcow2\" }";
+const IMAGE_SHAPES: &str = "write image = \"default\", image = { kernel = \"vmlinux\", initrd = \"initrd.img\", cmdline = \"console=ttyS0\" }, image = { disk = \"base.qcow2\" } or both: image = { disk = \"root.qcow2\", kernel = \"vmlinux\" }";
 
 fn image(img: Spanned<RawImage>, root: &Path, problems: &mut Vec<Problem>) -> Option<ImageSpec> {
     let span = img.span();
@@ -488,16 +495,10 @@ fn image(img: Spanned<RawImage>, root: &Path, problems: &mut Vec<Problem>) -> Op
             }
         };
     match (kernel, disk) {
-        (Some(_), Some(d)) => {
-            problems.push(
-                Problem::new("image sets both kernel and disk", d.span())
-                    .help("a VM boots either a kernel (with initrd and cmdline) or a disk: remove one of them"),
-            );
-            None
-        }
-        (Some(k), None) => {
+        (Some(k), d) => {
             let kernel = path("kernel", &k, problems);
             let initrd = initrd.as_ref().map(|i| path("initrd", i, problems));
+            let disk = d.as_ref().map(|d| path("disk", d, problems));
             if problems.len() > before {
                 return None;
             }
@@ -505,6 +506,7 @@ fn image(img: Spanned<RawImage>, root: &Path, problems: &mut Vec<Problem>) -> Op
                 kernel: kernel?,
                 initrd: initrd.flatten(),
                 cmdline: cmdline.map(Spanned::into_inner),
+                disk: disk.flatten(),
             })
         }
         (None, Some(d)) => {
@@ -514,8 +516,8 @@ fn image(img: Spanned<RawImage>, root: &Path, problems: &mut Vec<Problem>) -> Op
             ] {
                 if let Some(s) = v {
                     problems.push(
-                        Problem::new(format!("{key} only applies to kernel images, not disks"), s)
-                            .help(format!("remove {key}, or boot a kernel with image = {{ kernel = \"vmlinux\", {key} = ... }}")),
+                        Problem::new(format!("{key} needs a kernel: a disk alone boots through firmware"), s)
+                            .help(format!("add kernel = \"vmlinux\" to boot that kernel with the disk as its root, or remove {key}")),
                     );
                 }
             }
@@ -551,7 +553,7 @@ fn machine(
         Ok(Machine::Microvm) if matches!(image, Some(ImageSpec::Disk { .. })) => {
             problems.push(
                 Problem::new("machine \"microvm\" cannot boot a disk image", m.span()).help(
-                    "remove machine (disk images default to \"q35\"), or boot a kernel with image = { kernel = \"vmlinux\" }",
+                    "remove machine (disk images default to \"q35\"), or boot a kernel with the disk as its root: image = { disk = \"...\", kernel = \"vmlinux\" }",
                 ),
             );
             default

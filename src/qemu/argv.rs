@@ -7,7 +7,7 @@
 //! absolute paths (QEMU changes its working directory to `/` once daemonized).
 //!
 //! Escaping: values parsed by QEMU's option parser (`-name`, `-chardev`, `-qmp`,
-//! `-drive`, `-fw_cfg`, `-netdev`) have every ',' doubled; options that take a
+//! `-drive`, `-fw_cfg`, `-netdev`, `-fsdev`, `-device`) have every ',' doubled; options that take a
 //! raw file name (`-pidfile`, `-D`, `-kernel`, `-initrd`, `-append`) do not.
 //! Secrets never appear here: fw_cfg entries name files, never contents.
 
@@ -102,6 +102,7 @@ pub fn build(i: &LaunchInputs) -> Vec<String> {
             kernel,
             initrd,
             cmdline,
+            disk,
         } => {
             a.push2("-kernel", raw_path(kernel));
             if let Some(initrd) = initrd {
@@ -111,21 +112,31 @@ pub fn build(i: &LaunchInputs) -> Vec<String> {
             if !append.is_empty() {
                 a.push2("-append", append);
             }
-        }
-        BootImage::Disk { overlay } => {
-            let file = escape_path(overlay);
-            match spec.machine {
-                Machine::Q35 => a.push2("-drive", format!("file={file},if=virtio,format=qcow2")),
-                // microvm has no PCI bus: attach the disk to a virtio-mmio device.
-                Machine::Microvm => {
-                    a.push2(
-                        "-drive",
-                        format!("file={file},if=none,id=disk0,format=qcow2"),
-                    );
-                    a.push2("-device", "virtio-blk-device,drive=disk0");
-                }
+            if let Some(overlay) = disk {
+                attach_disk(&mut a, spec.machine, overlay);
             }
         }
+        BootImage::Disk { overlay } => attach_disk(&mut a, spec.machine, overlay),
+    }
+
+    // Host directories over virtio-9p; the guest agent mounts them by tag.
+    for (n, share) in spec.shares.iter().enumerate() {
+        let mut fsdev = format!(
+            "local,id=share{n},path={},security_model=none",
+            escape_path(&share.host)
+        );
+        if share.readonly {
+            fsdev.push_str(",readonly=on");
+        }
+        a.push2("-fsdev", fsdev);
+        let device = match spec.machine {
+            Machine::Microvm => "virtio-9p-device",
+            Machine::Q35 => "virtio-9p-pci",
+        };
+        a.push2(
+            "-device",
+            format!("{device},fsdev=share{n},mount_tag={}", escape(&share.tag)),
+        );
     }
 
     for (name, file) in i.fw_cfg {
@@ -135,6 +146,22 @@ pub fn build(i: &LaunchInputs) -> Vec<String> {
         );
     }
     a.0
+}
+
+/// The disk as a virtio block device (the guest's `/dev/vda`).
+fn attach_disk(a: &mut Argv, machine: Machine, overlay: &Path) {
+    let file = escape_path(overlay);
+    match machine {
+        Machine::Q35 => a.push2("-drive", format!("file={file},if=virtio,format=qcow2")),
+        // microvm has no PCI bus: attach the disk to a virtio-mmio device.
+        Machine::Microvm => {
+            a.push2(
+                "-drive",
+                format!("file={file},if=none,id=disk0,format=qcow2"),
+            );
+            a.push2("-device", "virtio-blk-device,drive=disk0");
+        }
+    }
 }
 
 /// Doubles every ',' so QEMU's option parser reads `value` as one value.
@@ -205,6 +232,7 @@ mod tests {
             machine,
             accel: AccelChoice::Auto,
             forwards,
+            shares: vec![],
         }
     }
 
@@ -213,6 +241,7 @@ mod tests {
             kernel: "/cache/castra/image/vmlinux".into(),
             initrd: Some("/cache/castra/image/initrd.cpio.gz".into()),
             cmdline: "console=ttyS0 quiet".into(),
+            disk: None,
         }
     }
 
@@ -355,6 +384,77 @@ mod tests {
         ");
     }
 
+    fn kernel_with_root_disk() -> BootImage {
+        BootImage::Kernel {
+            kernel: "/img/vmlinux".into(),
+            initrd: Some("/img/initrd.img".into()),
+            cmdline: "console=ttyS0 root=/dev/vda rw".into(),
+            disk: Some("/proj/.castra/vms/web/overlay.qcow2".into()),
+        }
+    }
+
+    fn with_shares(machine: Machine) -> VmSpec {
+        let mut s = spec(machine, vec![]);
+        s.shares = vec![
+            crate::config::Share {
+                host: "/proj/flake".into(),
+                tag: "flake".into(),
+                guest: "/mnt/flake".into(),
+                readonly: true,
+            },
+            crate::config::Share {
+                host: "/proj/out,put".into(),
+                tag: "out".into(),
+                guest: "/out".into(),
+                readonly: false,
+            },
+        ];
+        s
+    }
+
+    /// The lines from `-kernel` on (what differs between boot shapes).
+    fn boot_tail(spec: &VmSpec, boot: &BootImage) -> String {
+        let argv = build(&LaunchInputs {
+            spec,
+            boot,
+            accel: Accel::Tcg,
+            paths: &paths(),
+            fw_cfg: &[],
+            extra_cmdline: &["castra.vm=web".into()],
+        });
+        let i = argv.iter().position(|a| a == "-kernel").unwrap();
+        render(&argv[i..])
+    }
+
+    #[test]
+    fn microvm_kernel_with_root_disk_and_shares_uses_virtio_mmio() {
+        insta::assert_snapshot!(boot_tail(&with_shares(Machine::Microvm), &kernel_with_root_disk()), @r"
+        -kernel /img/vmlinux
+        -initrd /img/initrd.img
+        -append console=ttyS0 root=/dev/vda rw castra.vm=web
+        -drive file=/proj/.castra/vms/web/overlay.qcow2,if=none,id=disk0,format=qcow2
+        -device virtio-blk-device,drive=disk0
+        -fsdev local,id=share0,path=/proj/flake,security_model=none,readonly=on
+        -device virtio-9p-device,fsdev=share0,mount_tag=flake
+        -fsdev local,id=share1,path=/proj/out,,put,security_model=none
+        -device virtio-9p-device,fsdev=share1,mount_tag=out
+        ");
+    }
+
+    #[test]
+    fn q35_kernel_with_root_disk_and_shares_uses_pci() {
+        insta::assert_snapshot!(boot_tail(&with_shares(Machine::Q35), &kernel_with_root_disk()), @r"
+        -kernel /img/vmlinux
+        -initrd /img/initrd.img
+        -append console=ttyS0 root=/dev/vda rw castra.vm=web
+        -drive file=/proj/.castra/vms/web/overlay.qcow2,if=virtio,format=qcow2
+        -fsdev local,id=share0,path=/proj/flake,security_model=none,readonly=on
+        -device virtio-9p-pci,fsdev=share0,mount_tag=flake
+        -fsdev local,id=share1,path=/proj/out,,put,security_model=none
+        -device virtio-9p-pci,fsdev=share1,mount_tag=out
+        ");
+    }
+
     #[test]
     fn forwards_tcp_udp_and_non_loopback_bind() {
         let forwards = vec![
@@ -444,6 +544,7 @@ mod tests {
             kernel: "/img,s/vmlinux".into(),
             initrd: None,
             cmdline: String::new(),
+            disk: None,
         };
         let fw_cfg = vec![("opt/castra/token".to_string(), paths.dir.join("token"))];
         let out = check(

@@ -32,11 +32,13 @@ impl Accel {
 /// What QEMU boots, with every path resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootImage {
-    /// Direct kernel boot (`-kernel/-initrd/-append`).
+    /// Direct kernel boot (`-kernel/-initrd/-append`), with an optional root
+    /// disk: the VM's copy-on-write overlay, the guest's `/dev/vda`.
     Kernel {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         cmdline: String,
+        disk: Option<PathBuf>,
     },
     /// A copy-on-write overlay over the user's disk.
     Disk { overlay: PathBuf },

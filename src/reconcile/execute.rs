@@ -31,6 +31,9 @@ use super::secret;
 /// (`/sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw`).
 pub const TOKEN_FW_CFG: &str = "opt/castra/token";
 
+/// The kernel command line of a kernel + root disk image that sets none.
+pub const DISK_ROOT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
+
 /// How long a freshly daemonized QEMU may take to answer `query-status` with `running`.
 pub const RUNNING_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -178,7 +181,18 @@ impl<'a> Executor<'a> {
         );
         // A fresh secret per launch, handed over by file (never on the command line).
         secret::write_new_token(&paths.token())?;
-        let fw_cfg = vec![(TOKEN_FW_CFG.to_string(), paths.token())];
+        let mut fw_cfg = vec![(TOKEN_FW_CFG.to_string(), paths.token())];
+        if !spec.shares.is_empty() {
+            check_shares(vm, &spec.shares)?;
+            let table = crate::agent::shares::render(&spec.shares);
+            crate::fsutil::write_atomic(&paths.shares(), table.as_bytes()).map_err(|e| {
+                format!("vm {vm:?}: cannot write {}: {e}", paths.shares().display())
+            })?;
+            fw_cfg.push((
+                crate::agent::shares::FW_CFG_NAME.to_string(),
+                paths.shares(),
+            ));
+        }
         let args = argv::build(&argv::LaunchInputs {
             spec,
             boot: &boot,
@@ -230,6 +244,7 @@ impl<'a> Executor<'a> {
                         kernel: img.kernel,
                         initrd: Some(img.initrd),
                         cmdline: img.cmdline,
+                        disk: None,
                     },
                     probe,
                 ))
@@ -238,30 +253,32 @@ impl<'a> Executor<'a> {
                 kernel,
                 initrd,
                 cmdline,
+                disk,
             } => {
                 must_exist(vm, "image.kernel", kernel)?;
                 if let Some(i) = initrd {
                     must_exist(vm, "image.initrd", i)?;
                 }
+                let overlay = match disk {
+                    Some(base) => Some(overlay_over(vm, base, previous, paths)?),
+                    None => None,
+                };
+                let default_cmdline = match disk {
+                    Some(_) => DISK_ROOT_CMDLINE,
+                    None => "console=ttyS0",
+                };
                 Ok((
                     BootImage::Kernel {
                         kernel: kernel.clone(),
                         initrd: initrd.clone(),
-                        cmdline: cmdline.clone().unwrap_or_else(|| "console=ttyS0".into()),
+                        cmdline: cmdline.clone().unwrap_or_else(|| default_cmdline.into()),
+                        disk: overlay,
                     },
                     Some(kernel.clone()),
                 ))
             }
             ImageSpec::Disk { path } => {
-                must_exist(vm, "image.disk", path)?;
-                let overlay = paths.overlay();
-                if previous.is_some_and(|p| p != image) {
-                    // The base changed: the old overlay belongs to another disk.
-                    remove_if_exists(&overlay);
-                }
-                if !overlay.exists() {
-                    create_overlay(path, &overlay)?;
-                }
+                let overlay = overlay_over(vm, path, previous, paths)?;
                 let probe = image::locate().ok().map(|i| i.kernel);
                 Ok((BootImage::Disk { overlay }, probe))
             }
@@ -462,6 +479,49 @@ fn must_exist(vm: &str, key: &str, path: &Path) -> Result<(), String> {
             path.display()
         ))
     }
+}
+
+/// The VM's copy-on-write overlay over `base` (made if missing; remade
+/// when the previous launch had another base disk, or none).
+fn overlay_over(
+    vm: &str,
+    base: &Path,
+    previous: Option<&ImageSpec>,
+    paths: &VmPaths,
+) -> Result<PathBuf, String> {
+    must_exist(vm, "image.disk", base)?;
+    let overlay = paths.overlay();
+    if previous.is_some_and(|p| disk_base(p) != Some(base)) {
+        // The base changed: the old overlay belongs to another disk.
+        remove_if_exists(&overlay);
+    }
+    if !overlay.exists() {
+        create_overlay(base, &overlay)?;
+    }
+    Ok(overlay)
+}
+
+/// The base disk an image runs on, if any.
+fn disk_base(image: &ImageSpec) -> Option<&Path> {
+    match image {
+        ImageSpec::Default => None,
+        ImageSpec::Kernel { disk, .. } => disk.as_deref(),
+        ImageSpec::Disk { path } => Some(path),
+    }
+}
+
+/// Each share's host directory must exist (checked at start, like kernels and disks).
+fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), String> {
+    for s in shares {
+        if !s.host.is_dir() {
+            return Err(format!(
+                "vm {vm:?}: share {:?} host directory {} does not exist or is not a directory; fix shares in castra.toml",
+                s.tag,
+                s.host.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {

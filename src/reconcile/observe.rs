@@ -254,6 +254,7 @@ mod tests {
             machine: Machine::Microvm,
             accel: AccelChoice::Tcg,
             forwards: vec![],
+            shares: vec![],
         };
         LaunchRecord {
             fingerprint: record::fingerprint(&spec, ""),

@@ -257,6 +257,7 @@ pub fn diff(old: &VmSpec, old_image: &str, new: &VmSpec, new_image: &str) -> Vec
         new.accel.as_str().into(),
     );
     push("forwards", forwards_words(old), forwards_words(new));
+    push("shares", shares_words(old), shares_words(new));
     out
 }
 
@@ -275,8 +276,12 @@ fn image_words(image: &ImageSpec) -> String {
             kernel,
             initrd,
             cmdline,
+            disk,
         } => {
             let mut s = format!("kernel {}", kernel.display());
+            if let Some(d) = disk {
+                s.push_str(&format!(" disk {}", d.display()));
+            }
             if let Some(i) = initrd {
                 s.push_str(&format!(" initrd {}", i.display()));
             }
@@ -287,6 +292,19 @@ fn image_words(image: &ImageSpec) -> String {
         }
         ImageSpec::Disk { path } => format!("disk {}", path.display()),
     }
+}
+
+/// `[flake:/mnt/flake ro]`: tag, mount point and mode of each share.
+fn shares_words(spec: &VmSpec) -> String {
+    let list: Vec<String> = spec
+        .shares
+        .iter()
+        .map(|s| {
+            let mode = if s.readonly { "ro" } else { "rw" };
+            format!("{}:{} {mode} from {}", s.tag, s.guest, s.host.display())
+        })
+        .collect();
+    format!("[{}]", list.join(", "))
 }
 
 fn forwards_words(spec: &VmSpec) -> String {

@@ -20,6 +20,7 @@ fn spec(name: &str, mem: &str) -> VmSpec {
         machine: Machine::Microvm,
         accel: AccelChoice::Auto,
         forwards: vec![],
+        shares: vec![],
     }
 }
 
@@ -130,6 +131,30 @@ fn several_fields_and_image_content_drift() {
         vec![seen("web", running(), Some(record(spec("web", "256M"), "img0")))],
     ), @r#"
         ~ restart web (image content img0 -> img1)
+        plan: 0 to start, 1 to restart, 0 to stop, 0 unchanged
+        "#);
+}
+
+#[test]
+fn a_root_disk_and_shares_are_drift_too() {
+    let mut new = spec("nix", "256M");
+    new.image = ImageSpec::Kernel {
+        kernel: "/img/vmlinux".into(),
+        initrd: None,
+        cmdline: None,
+        disk: Some("/img/disk.qcow2".into()),
+    };
+    new.shares = vec![crate::config::Share {
+        host: "/p/flake".into(),
+        tag: "flake".into(),
+        guest: "/mnt/flake".into(),
+        readonly: true,
+    }];
+    insta::assert_snapshot!(check(
+        vec![want(new)],
+        vec![seen("nix", running(), Some(record(spec("nix", "256M"), "img1")))],
+    ), @r#"
+        ~ restart nix (image default -> kernel /img/vmlinux disk /img/disk.qcow2, shares [] -> [flake:/mnt/flake ro from /p/flake])
         plan: 0 to start, 1 to restart, 0 to stop, 0 unchanged
         "#);
 }
