@@ -21,10 +21,14 @@ let
   project = "/root/demo";
 
   # What this test adds to the guest image.
-  testGuest = { config, pkgs, ... }: {
+  testGuest = { config, lib, pkgs, ... }: {
     # `nix run` on a local flake, offline: flakes on, no registry download.
     nix.settings.experimental-features = [ "nix-command" "flakes" ];
     nix.settings.flake-registry = "";
+    # The flake's app is built with the guest's own tools (no nixpkgs input),
+    # and nothing is downloaded: the nested guest has no internet.
+    nix.settings.sandbox = false;
+    nix.settings.substituters = lib.mkForce [ ];
     # The flake the bootstrap runs, in the guest's own store.
     environment.etc."castra-flake".source = ./guest-flake;
     # Echo: every message on `ping` is published back on `pong`.

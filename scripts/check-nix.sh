@@ -6,6 +6,8 @@
 #   2. flake.lock is well formed and agrees with flake.nix's input;
 #   3. nix/castra-toml.nix renders the expected castra.toml text, and the
 #      real castra accepts what it renders (castra plan on a temp project);
+#      3b. the NixOS VM test's guest flake runs with real `nix run` (its app
+#      derivation builds offline, no nixpkgs), when nix can write its store;
 #   4. guest/nixos-module.nix, called with a stand-in lib: option names,
 #      types, defaults, docs, type patterns and the agent's command line;
 #   5. with CASTRA_NIXPKGS_LIB=<nixpkgs>/lib: the module under the real
@@ -100,6 +102,26 @@ if [ "${CASTRA_CHECK_NIX_NO_CASTRA:-}" != 1 ]; then
     else
         echo "skip castra plan on rendered castra.toml (no castra binary, no cargo)"
     fi
+fi
+
+# 3b. The NixOS VM test's guest flake, with real `nix run` (Debian's nix):
+#     its app derivation builds from the flake alone, offline. The script is
+#     swapped for one that needs no broker.
+if command -v nix >/dev/null && { [ -w /nix/store ] || [ "$(id -u)" = 0 ]; }; then
+    flake_tmp=$(mktemp -d)
+    cp nixos-tests/guest-flake/flake.nix "$flake_tmp/"
+    printf '#!/bin/sh\necho "guest flake ran: $GREETING"\n' > "$flake_tmp/app.sh"
+    chmod +x "$flake_tmp/app.sh"
+    out=$(GREETING=offline nix --extra-experimental-features "nix-command flakes" \
+        --option sandbox false --option substituters "" --option flake-registry "" \
+        run "path:$flake_tmp" 2>&1) || { echo "check-nix: FAIL nix run of the guest flake:" >&2; echo "$out" >&2; exit 1; }
+    rm -rf "$flake_tmp"
+    case "$out" in
+        *"guest flake ran: offline"*) echo "ok   nixos-tests/guest-flake runs with nix run ($(nix --version))" ;;
+        *) echo "check-nix: FAIL guest flake printed: $out" >&2; exit 1 ;;
+    esac
+else
+    echo "skip nix run of the guest flake (no nix, or the store is not writable)"
 fi
 
 # 4. The NixOS module, stand-in lib.
