@@ -461,12 +461,7 @@ mod tests {
             fwd(Proto::Tcp, [127, 0, 0, 1], 8080, 80),
             fwd(Proto::Udp, [127, 0, 0, 1], 5353, 53),
             fwd(Proto::Tcp, [0, 0, 0, 0], 2222, 22),
-            Forward {
-                proto: Proto::Tcp,
-                host_addr: "::1".parse().unwrap(),
-                host_port: 8443,
-                guest_port: 443,
-            },
+            fwd(Proto::Tcp, [10, 1, 2, 3], 8443, 443),
         ];
         let argv = build(&LaunchInputs {
             spec: &spec(Machine::Q35, forwards),
@@ -478,7 +473,7 @@ mod tests {
         });
         let i = argv.iter().position(|a| a == "-netdev").unwrap();
         insta::assert_snapshot!(render(&argv[i..i + 4]), @r"
-        -netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53,hostfwd=tcp:0.0.0.0:2222-:22,hostfwd=tcp:[::1]:8443-:443
+        -netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53,hostfwd=tcp:0.0.0.0:2222-:22,hostfwd=tcp:10.1.2.3:8443-:443
         -device virtio-net-pci,netdev=net0
         ");
     }
