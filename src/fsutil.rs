@@ -1,12 +1,14 @@
 //! Small filesystem helpers shared by the modules that write the state root
 //! and the image cache: owner-only directories, best-effort removal, atomic
-//! replacement of a file, and reading an optional JSON file. Nothing
+//! replacement of a file, and JSON state files (read when present, written
+//! atomically, errors that name the file and the fix). Nothing
 //! castra-specific.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Create `dir` and its parents, mode 0700 (state may hold secrets).
@@ -42,21 +44,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Why an optional JSON file could not be read.
-#[derive(Debug)]
-pub enum ReadJsonError {
-    Read(io::Error),
-    Parse(serde_json::Error),
+/// A kind of JSON state file: what errors call it and how a user recovers
+/// from a broken one.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonFile {
+    /// E.g. "launch record": `<path> is not a valid launch record (...)`.
+    pub what: &'static str,
+    /// What to do about a file that does not parse.
+    pub fix: &'static str,
 }
 
-/// `Ok(None)` when `path` does not exist.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, ReadJsonError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(ReadJsonError::Parse),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ReadJsonError::Read(e)),
+/// A JSON state file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not a valid {what} ({source}); {fix}")]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        fix: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+impl JsonFile {
+    /// `Ok(None)` when `path` does not exist.
+    pub fn read<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, JsonFileError> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| JsonFileError::Parse {
+                        path: path.to_owned(),
+                        what: self.what,
+                        fix: self.fix,
+                        source,
+                    })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(JsonFileError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Pretty JSON, replaced atomically ([`write_atomic`]).
+    pub fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), JsonFileError> {
+        let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+        write_atomic(path, &bytes).map_err(|source| JsonFileError::Write {
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 
@@ -70,21 +112,38 @@ mod tests {
         let path = dir.path().join("state.json");
         write_atomic(&path, b"{\"a\":1}").unwrap();
         write_atomic(&path, b"{\"a\":2}").unwrap();
-        let v: Option<serde_json::Value> = read_json(&path).unwrap();
+        let v: Option<serde_json::Value> = TEST_FILE.read(&path).unwrap();
         assert_eq!(v.unwrap()["a"], 2);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "a temp file was left behind");
     }
 
+    const TEST_FILE: JsonFile = JsonFile {
+        what: "test file",
+        fix: "delete it",
+    };
+
     #[test]
-    fn read_json_tells_missing_from_broken() {
+    fn json_files_tell_missing_from_broken_and_name_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.json");
-        assert!(matches!(read_json::<serde_json::Value>(&path), Ok(None)));
-        std::fs::write(&path, "{oops").unwrap();
         assert!(matches!(
-            read_json::<serde_json::Value>(&path),
-            Err(ReadJsonError::Parse(_))
+            TEST_FILE.read::<serde_json::Value>(&path),
+            Ok(None)
         ));
+        std::fs::write(&path, "{oops").unwrap();
+        let e = TEST_FILE.read::<serde_json::Value>(&path).unwrap_err();
+        assert!(matches!(e, JsonFileError::Parse { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("{} is not a valid test file (", path.display())),
+            "{msg}"
+        );
+        assert!(msg.ends_with("); delete it"), "{msg}");
+        TEST_FILE
+            .write(&path, &serde_json::json!({"a": 1}))
+            .unwrap();
+        let v: serde_json::Value = TEST_FILE.read(&path).unwrap().unwrap();
+        assert_eq!(v["a"], 1);
     }
 }

@@ -2,8 +2,8 @@
 //! and its run logs (`vms/<vm>/bootstrap/<run>.log`). Written by apply,
 //! read by plan and status. Secret values never reach these files.
 
-use crate::fsutil::{ReadJsonError, read_json};
-use std::path::{Path, PathBuf};
+use crate::fsutil::{JsonFile, JsonFileError};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,48 +49,22 @@ pub struct BootstrapRecord {
     pub log: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} is not a valid bootstrap record ({source}); delete it to run the bootstrap again"
-    )]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
+/// Errors name the file; a broken record is deleted to run the bootstrap again.
+pub type RecordError = JsonFileError;
+
+const FILE: JsonFile = JsonFile {
+    what: "bootstrap record",
+    fix: "delete it to run the bootstrap again",
+};
 
 /// `Ok(None)` when the VM never bootstrapped.
 pub fn read(path: &Path) -> Result<Option<BootstrapRecord>, RecordError> {
-    read_json(path).map_err(|e| match e {
-        ReadJsonError::Read(source) => RecordError::Read {
-            path: path.to_owned(),
-            source,
-        },
-        ReadJsonError::Parse(source) => RecordError::Parse {
-            path: path.to_owned(),
-            source,
-        },
-    })
+    FILE.read(path)
 }
 
 /// Write atomically (temp file + rename).
 pub fn write(path: &Path, record: &BootstrapRecord) -> Result<(), RecordError> {
-    let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-    crate::fsutil::write_atomic(path, &bytes).map_err(|source| RecordError::Write {
-        path: path.to_owned(),
-        source,
-    })
+    FILE.write(path, record)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 use crate::config::VmSpec;
-use crate::fsutil::{ReadJsonError, read_json, write_atomic};
+use crate::fsutil::{JsonFile, JsonFileError};
 use crate::qemu::Accel;
 use crate::qemu::process::ProcessIdentity;
 
@@ -41,46 +41,20 @@ pub fn fingerprint(spec: &VmSpec, image_id: &str) -> String {
     hex::encode(&h.finalize()[..12])
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} is not a valid launch record ({source}); `castra down` then `castra apply` rewrites it"
-    )]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
+/// Errors name the file; a broken record is rewritten by down + apply.
+pub type RecordError = JsonFileError;
+
+const FILE: JsonFile = JsonFile {
+    what: "launch record",
+    fix: "`castra down` then `castra apply` rewrites it",
+};
 
 /// `Ok(None)` when there is no record.
 pub fn read(path: &Path) -> Result<Option<LaunchRecord>, RecordError> {
-    read_json(path).map_err(|e| match e {
-        ReadJsonError::Read(source) => RecordError::Read {
-            path: path.to_owned(),
-            source,
-        },
-        ReadJsonError::Parse(source) => RecordError::Parse {
-            path: path.to_owned(),
-            source,
-        },
-    })
+    FILE.read(path)
 }
 
 /// Write atomically: a crash leaves the old record or the new one, never half.
 pub fn write(path: &Path, record: &LaunchRecord) -> Result<(), RecordError> {
-    let body = serde_json::to_vec_pretty(record).unwrap_or_default();
-    write_atomic(path, &body).map_err(|source| RecordError::Write {
-        path: path.to_owned(),
-        source,
-    })
+    FILE.write(path, record)
 }

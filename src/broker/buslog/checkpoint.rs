@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{self, ReadJsonError};
+use crate::fsutil::JsonFile;
 
 /// The checkpoint's file name in the bus log directory.
 pub const FILE: &str = "checkpoint.json";
@@ -43,26 +43,21 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
+const JSON: JsonFile = JsonFile {
+    what: "checkpoint",
+    fix: "it is written atomically, so this is disk trouble or a hand edit: \
+          remove it to rebuild from the logs as they are",
+};
+
 /// The checkpoint, `None` when there is none (a new directory, or logs
 /// written before checkpoints existed, when every file was synced per commit).
 pub fn read(dir: &Path) -> io::Result<Option<Checkpoint>> {
-    fsutil::read_json(&path(dir)).map_err(|e| match e {
-        ReadJsonError::Read(e) => e,
-        ReadJsonError::Parse(e) => io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is not a valid checkpoint ({e}); it is written atomically, so this is \
-                 disk trouble or a hand edit: remove it to rebuild from the logs as they are",
-                path(dir).display()
-            ),
-        ),
-    })
+    JSON.read(&path(dir)).map_err(io::Error::other)
 }
 
 /// Write it atomically (temp file, fsync, rename, directory fsync).
 pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
-    let bytes = serde_json::to_vec(checkpoint).map_err(io::Error::other)?;
-    fsutil::write_atomic(&path(dir), &bytes)
+    JSON.write(&path(dir), checkpoint).map_err(io::Error::other)
 }
 
 /// What recovery does with one publisher's live log.
