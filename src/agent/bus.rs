@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::client::{Ended, Target, handshake, read_available};
-use crate::broker::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame, Decoder};
+use super::client::{Ended, Target, handshake};
+use crate::broker::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame};
+use crate::broker::frame_reader::FrameReader;
 
 /// How long publish waits for its ack.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,8 +21,7 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// An open bus session (blocking).
 pub struct BusClient {
     stream: TcpStream,
-    decoder: Decoder,
-    pending: Vec<u8>,
+    frames: FrameReader,
     pub session: String,
 }
 
@@ -38,8 +38,7 @@ impl BusClient {
         let (stream, session, rest) = handshake(target).map_err(ended)?;
         Ok(BusClient {
             stream,
-            decoder: Decoder::new(frame::DEFAULT_FRAME_LIMIT),
-            pending: rest,
+            frames: FrameReader::new(rest),
             session,
         })
     }
@@ -51,29 +50,7 @@ impl BusClient {
     /// The next broker frame, or `None` when `timeout` passed first. Frame
     /// types this build does not know are skipped.
     pub fn next(&mut self, timeout: Duration) -> io::Result<Option<BrokerFrame>> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let mut input = &self.pending[..];
-            let decoded = self
-                .decoder
-                .decode(&mut input)
-                .map_err(|r| io::Error::new(io::ErrorKind::InvalidData, r.as_str()))?;
-            let used = self.pending.len() - input.len();
-            self.pending.drain(..used);
-            if let Some(body) = decoded {
-                match BrokerFrame::parse(&body) {
-                    Ok(f) => return Ok(Some(f)),
-                    Err(_) => continue,
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            self.stream.set_read_timeout(Some(left))?;
-            read_available(&mut self.stream, &mut buf, &mut self.pending)?;
-        }
+        self.frames.next(&mut self.stream, timeout)
     }
 }
 
@@ -137,21 +114,8 @@ pub fn subscribe(target: &Target, topics: &[String], out: &mut dyn Write) -> Res
                 c.send(&ClientFrame::Heartbeat).map_err(|e| e.to_string())?;
                 next_beat = Instant::now() + interval;
             }
-            Some(BrokerFrame::Message {
-                seq,
-                topic,
-                from,
-                ts_ms,
-                payload,
-            }) => {
-                let line = serde_json::to_string(&BrokerFrame::Message {
-                    seq,
-                    topic,
-                    from,
-                    ts_ms,
-                    payload,
-                })
-                .unwrap_or_default();
+            Some(message @ BrokerFrame::Message { seq, .. }) => {
+                let line = serde_json::to_string(&message).unwrap_or_default();
                 writeln!(out, "{line}")
                     .and_then(|()| out.flush())
                     .map_err(|e| format!("writing to stdout: {e}"))?;

@@ -9,7 +9,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::broker::frame::{self, AckKind, BrokerFrame, ClientFrame, Decoder};
+use crate::broker::frame::{self, AckKind, BrokerFrame, ClientFrame};
+use crate::broker::frame_reader::FrameReader;
 use crate::broker::hello::{GREETING_PREFIX, Hello, MAX_HELLO_LINE, Reply};
 use crate::broker::line::{LinePush, LineReader};
 use crate::broker::reason::Reason;
@@ -159,43 +160,35 @@ fn heartbeat_loop(
     on_message: &mut dyn FnMut(&str, &str, &serde_json::Value),
 ) -> io::Result<Reason> {
     let heartbeat = frame::encode(&ClientFrame::Heartbeat);
-    let mut decoder = Decoder::new(frame::DEFAULT_FRAME_LIMIT);
+    let mut frames = FrameReader::new(first.to_vec());
     let mut last_ack = Instant::now();
     stream.write_all(&heartbeat)?;
     let mut next = Instant::now() + interval;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut pending = first.to_vec();
     loop {
-        let mut input = &pending[..];
-        while let Some(body) = decoder
-            .decode(&mut input)
-            .map_err(|r| io::Error::new(io::ErrorKind::InvalidData, r.as_str()))?
-        {
-            match BrokerFrame::parse(&body) {
-                Ok(BrokerFrame::Ack {
-                    ack: AckKind::Heartbeat,
-                    ..
-                }) => last_ack = Instant::now(),
-                Ok(BrokerFrame::Bye { reason }) => return Ok(reason),
-                Ok(BrokerFrame::Message {
-                    seq,
-                    topic,
-                    from,
-                    payload,
-                    ..
-                }) => {
-                    eprintln!(
-                        "castra-agent: message seq={seq} topic={topic} from={from} payload={}",
-                        shown(&payload)
-                    );
-                    on_message(&topic, &from, &payload);
-                    stream.write_all(&frame::encode(&ClientFrame::Ack { seq }))?;
-                }
-                // Other acks, errors (a bye follows) and newer frame types: skip.
-                Ok(BrokerFrame::Ack { .. }) | Ok(BrokerFrame::Error { .. }) | Err(_) => {}
+        let until_beat = next.saturating_duration_since(Instant::now());
+        match frames.next(stream, until_beat)? {
+            Some(BrokerFrame::Ack {
+                ack: AckKind::Heartbeat,
+                ..
+            }) => last_ack = Instant::now(),
+            Some(BrokerFrame::Bye { reason }) => return Ok(reason),
+            Some(BrokerFrame::Message {
+                seq,
+                topic,
+                from,
+                payload,
+                ..
+            }) => {
+                eprintln!(
+                    "castra-agent: message seq={seq} topic={topic} from={from} payload={}",
+                    shown(&payload)
+                );
+                on_message(&topic, &from, &payload);
+                stream.write_all(&frame::encode(&ClientFrame::Ack { seq }))?;
             }
+            // Other acks, errors (a bye follows): skip.
+            Some(BrokerFrame::Ack { .. }) | Some(BrokerFrame::Error { .. }) | None => {}
         }
-        pending.clear();
         let now = Instant::now();
         if now >= next {
             if now.duration_since(last_ack) > 3 * interval {
@@ -210,38 +203,5 @@ fn heartbeat_loop(
                 next = now + interval;
             }
         }
-        stream.set_read_timeout(Some(
-            next.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        ))?;
-        read_available(stream, &mut buf, &mut pending)?;
-    }
-}
-
-/// Append what the broker sent within the stream's read timeout to
-/// `pending`; a timeout or interruption is not an error, EOF is.
-pub(super) fn read_available(
-    stream: &mut TcpStream,
-    buf: &mut [u8],
-    pending: &mut Vec<u8>,
-) -> io::Result<()> {
-    match stream.read(buf) {
-        Ok(0) => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "broker closed the connection",
-        )),
-        Ok(n) => {
-            pending.extend_from_slice(&buf[..n]);
-            Ok(())
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame, Decoder};
+use super::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame};
+use super::frame_reader::FrameReader;
 use super::host_socket::SESSION_REQUEST;
 use super::reason::Reason;
 
@@ -139,8 +140,7 @@ fn bye_hint(reason: Reason) -> &'static str {
 pub struct HostSession {
     socket: PathBuf,
     stream: UnixStream,
-    decoder: Decoder,
-    pending: Vec<u8>,
+    frames: FrameReader,
     /// Frames read while waiting for something else (subscribe acks).
     stash: VecDeque<BrokerFrame>,
     /// The session id the broker granted.
@@ -185,8 +185,7 @@ impl HostSession {
             socket: socket.to_path_buf(),
             session: session.to_owned(),
             stream,
-            decoder: Decoder::new(frame::DEFAULT_FRAME_LIMIT),
-            pending: Vec::new(),
+            frames: FrameReader::new(Vec::new()),
             stash: VecDeque::new(),
         })
     }
@@ -258,42 +257,7 @@ impl HostSession {
     }
 
     fn read_frame(&mut self, timeout: Duration) -> Result<Option<BrokerFrame>, SessionError> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let mut input = &self.pending[..];
-            let decoded = self
-                .decoder
-                .decode(&mut input)
-                .map_err(|r| self.lost(format!("bad frame from the broker: {r}")))?;
-            let used = self.pending.len() - input.len();
-            self.pending.drain(..used);
-            if let Some(body) = decoded {
-                // Frame types this build does not know are skipped.
-                if let Ok(f) = BrokerFrame::parse(&body) {
-                    return Ok(Some(f));
-                }
-                continue;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            self.stream
-                .set_read_timeout(Some(left))
-                .map_err(|e| self.lost(e))?;
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(self.lost("the broker closed the connection")),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(self.lost(e)),
-            }
-        }
+        let read = self.frames.next(&mut self.stream, timeout);
+        read.map_err(|e| self.lost(e))
     }
 }

@@ -8,6 +8,7 @@ mod conn;
 pub mod control;
 pub mod events;
 pub mod frame;
+pub mod frame_reader;
 pub mod hello;
 pub mod host_client;
 pub mod host_socket;
