@@ -401,21 +401,11 @@ impl<S: Stream> Conn<S> {
                 }
                 Effect::Publish { topic, payload, id } => self.publish(topic, payload, id).await,
                 Effect::Subscribe(topic) => {
-                    if let Some(bus) = &self.bus {
-                        let _ = self.ctx.hub.try_send(HubMsg::Subscribe {
-                            key: bus.key,
-                            topic,
-                        });
-                    }
+                    self.tell_hub(|key| HubMsg::Subscribe { key, topic });
                     Ok(())
                 }
                 Effect::Unsubscribe(topic) => {
-                    if let Some(bus) = &self.bus {
-                        let _ = self.ctx.hub.try_send(HubMsg::Unsubscribe {
-                            key: bus.key,
-                            topic,
-                        });
-                    }
+                    self.tell_hub(|key| HubMsg::Unsubscribe { key, topic });
                     Ok(())
                 }
                 Effect::Close(_) => {
@@ -451,6 +441,14 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Enqueue a frame for the writer (waits while this session's queue is full).
+    /// A subscription change for the hub, keyed by this session's bus key
+    /// (nothing to tell while the session has no hub registration).
+    fn tell_hub(&self, msg: impl FnOnce(u64) -> HubMsg) {
+        if let Some(bus) = &self.bus {
+            let _ = self.ctx.hub.try_send(msg(bus.key));
+        }
+    }
+
     async fn send(&mut self, bytes: Frame) -> io::Result<()> {
         match &self.bus {
             Some(bus) => bus

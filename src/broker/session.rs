@@ -226,6 +226,19 @@ pub struct Open {
 }
 
 impl Open {
+    /// A session just granted: nothing subscribed, delivered or acked.
+    fn new(client: Client, vm: String, session: String, now_ms: u64) -> Open {
+        Open {
+            client,
+            vm,
+            session,
+            last_heard_ms: now_ms,
+            subscriptions: BTreeSet::new(),
+            acked_seq: None,
+            unacked: VecDeque::new(),
+        }
+    }
+
     /// The publisher recorded for this session's publishes (`None`: host).
     pub fn publisher(&self) -> Option<&str> {
         match self.client {
@@ -395,15 +408,7 @@ impl Session {
                 capabilities: hello.capabilities,
             };
             (
-                State::Open(Open {
-                    client: Client::Guest,
-                    vm: hello.vm,
-                    session: self.id.clone(),
-                    last_heard_ms: now_ms,
-                    subscriptions: BTreeSet::new(),
-                    acked_seq: None,
-                    unacked: VecDeque::new(),
-                }),
+                State::Open(Open::new(Client::Guest, hello.vm, self.id.clone(), now_ms)),
                 vec![
                     Effect::Reply(Reply::Session(self.id.clone())),
                     Effect::Record(record),
@@ -434,15 +439,12 @@ impl Session {
             capabilities: vec![super::hello::CAP_BUS_V1.to_owned()],
         };
         (
-            State::Open(Open {
-                client: Client::Host,
-                vm: HOST.to_owned(),
-                session: self.id.clone(),
-                last_heard_ms: now_ms,
-                subscriptions: BTreeSet::new(),
-                acked_seq: None,
-                unacked: VecDeque::new(),
-            }),
+            State::Open(Open::new(
+                Client::Host,
+                HOST.to_owned(),
+                self.id.clone(),
+                now_ms,
+            )),
             vec![
                 Effect::Reply(Reply::Session(self.id.clone())),
                 Effect::Record(record),

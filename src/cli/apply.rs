@@ -57,29 +57,28 @@ pub struct DownArgs {
 }
 
 pub fn plan(args: &PlanArgs, project: &Project) -> Result<ExitCode> {
+    Ok(if show_plan(project, args.json)? {
+        ExitCode::from(EXIT_CHANGES_PENDING)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Print the plan (VM steps and pending bootstraps); true when it has any.
+fn show_plan(project: &Project, json: bool) -> Result<bool> {
     let (plan, _, observed) = reconcile::plan_only(project)?;
     let pending = reconcile::bootstrap_plan(project, &plan, &observed);
-    if args.json {
+    if json {
         println!("{}", plan_json(&plan, &pending));
     } else {
         print_plan(&plan, &pending);
     }
-    Ok(if plan.is_empty() && pending.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_CHANGES_PENDING)
-    })
+    Ok(!plan.is_empty() || !pending.is_empty())
 }
 
 pub fn apply(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     if args.dry_run {
-        let (plan, _, observed) = reconcile::plan_only(project)?;
-        let pending = reconcile::bootstrap_plan(project, &plan, &observed);
-        if args.json {
-            println!("{}", plan_json(&plan, &pending));
-        } else {
-            print_plan(&plan, &pending);
-        }
+        show_plan(project, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.watch {
