@@ -106,14 +106,21 @@ pub fn recover(dir: &Path) -> io::Result<Recovery> {
         Some(cp) => cp.through_seq,
         None => vm_max.get(vm).copied().unwrap_or(0),
     };
+    // After a clean stop the checkpoint covers all.log: no need to read it again.
+    let all_max = vm_max.get("").copied().unwrap_or(0);
+    let covered = previous
+        .as_ref()
+        .is_some_and(|cp| cp.through_seq >= all_max);
     let mut appends: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for_each_line(&all, |line, rec| {
-        if rec.seq > after(&rec.vm) {
-            let buf = appends.entry(rec.vm.clone()).or_default();
-            buf.extend_from_slice(line);
-            *out.replayed.entry(rec.vm.clone()).or_default() += 1;
-        }
-    })?;
+    if !covered {
+        for_each_line(&all, |line, rec| {
+            if rec.seq > after(&rec.vm) {
+                let buf = appends.entry(rec.vm.clone()).or_default();
+                buf.extend_from_slice(line);
+                *out.replayed.entry(rec.vm.clone()).or_default() += 1;
+            }
+        })?;
+    }
     for (vm, buf) in &appends {
         let mut file = OpenOptions::new()
             .create(true)
