@@ -94,39 +94,28 @@ impl Writer {
 
     pub(super) fn run(&mut self, rx: smol::channel::Receiver<Append>) {
         loop {
-            let first = if self.dirty.is_empty() {
-                rx.recv_blocking().ok()
-            } else {
-                // Wake for the checkpoint if no publish comes first.
-                let due = CHECKPOINT_EVERY.saturating_sub(self.last_checkpoint.elapsed());
-                match smol::block_on(smol::future::or(async { Some(rx.recv().await) }, async {
-                    smol::Timer::after(due).await;
-                    None
-                })) {
-                    Some(received) => received.ok(),
-                    None => {
-                        self.checkpoint();
-                        continue;
-                    }
+            // Wake for the checkpoint if no publish comes first.
+            let checkpoint_due =
+                (!self.dirty.is_empty()).then(|| self.last_checkpoint + CHECKPOINT_EVERY);
+            let first = match next_publish(&rx, checkpoint_due) {
+                Next::Publish(a) => a,
+                Next::Timeout => {
+                    self.checkpoint();
+                    continue;
                 }
+                Next::Closed => break,
             };
-            let Some(first) = first else { break };
             let mut batch = vec![first];
             drain(&rx, &mut batch);
             let (expected, wait) = group_wait(self.recent, self.last_sync, batch.len());
-            if !wait.is_zero() {
-                let deadline = Instant::now() + wait;
-                while batch.len() < expected && Instant::now() < deadline {
-                    let next =
-                        smol::block_on(smol::future::or(async { rx.recv().await.ok() }, async {
-                            smol::Timer::at(deadline).await;
-                            None
-                        }));
-                    match next {
-                        Some(a) => batch.push(a),
-                        None => break,
+            let deadline = Instant::now() + wait;
+            while batch.len() < expected && Instant::now() < deadline {
+                match next_publish(&rx, Some(deadline)) {
+                    Next::Publish(a) => {
+                        batch.push(a);
+                        drain(&rx, &mut batch);
                     }
-                    drain(&rx, &mut batch);
+                    Next::Timeout | Next::Closed => break,
                 }
             }
             self.recent = [self.recent[1], batch.len()];
@@ -356,6 +345,29 @@ impl Writer {
         self.files
             .get_mut(key)
             .ok_or_else(|| "bus log vanished".to_owned())
+    }
+}
+
+/// What waiting for a publish gave.
+enum Next {
+    Publish(Append),
+    Timeout,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// The next publish, waiting until `deadline` at most (`None`: no bound).
+fn next_publish(rx: &smol::channel::Receiver<Append>, deadline: Option<Instant>) -> Next {
+    let received = |r: Result<Append, _>| r.map_or(Next::Closed, Next::Publish);
+    match deadline {
+        None => received(rx.recv_blocking()),
+        Some(at) => smol::block_on(smol::future::or(
+            async { received(rx.recv().await) },
+            async {
+                smol::Timer::at(at).await;
+                Next::Timeout
+            },
+        )),
     }
 }
 
