@@ -337,3 +337,15 @@ pub fn agent(port: u16, vm: &str, root: &Path, args: &[&str]) -> Command {
 pub fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
+
+/// The `seq` of every JSON line in `stdout` (what `castra bus tail --json` prints).
+pub fn json_seqs(stdout: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
