@@ -102,17 +102,24 @@ struct Conn<S: Stream> {
     bus: Option<BusLink>,
 }
 
+impl<S: Stream> Conn<S> {
+    /// A new connection with a fresh session, not on the bus yet.
+    fn new(ctx: Arc<Ctx>, stream: S, peer: SocketAddr) -> Conn<S> {
+        let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
+        Conn {
+            ctx,
+            stream,
+            peer,
+            session,
+            bus: None,
+        }
+    }
+}
+
 /// Serve a guest connection from the greeting to the close.
 pub(super) async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
-    let mut conn = Conn {
-        ctx,
-        stream,
-        peer,
-        session,
-        bus: None,
-    };
+    let mut conn = Conn::new(ctx, stream, peer);
     if conn
         .write(format!("{GREETING}\n").as_bytes())
         .await
@@ -136,14 +143,7 @@ pub(super) async fn serve_host_session(
     peer: SocketAddr,
     rest: Vec<u8>,
 ) {
-    let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
-    let mut conn = Conn {
-        ctx,
-        stream,
-        peer,
-        session,
-        bus: None,
-    };
+    let mut conn = Conn::new(ctx, stream, peer);
     let effects = conn.step(Input::HostSession);
     if let Flow::Continue = conn.perform(effects).await
         && let State::Open(_) = conn.session.state()
