@@ -103,12 +103,14 @@ impl Boot {
         fs::read_to_string(&self.serial).unwrap_or_default()
     }
 
-    /// Waits for a console line containing `needle`; returns it.
+    /// Waits for a whole console line containing `needle`; returns it.
     fn wait_for_line(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let text = self.console();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            // Only whole lines: the serial log may end in the middle of one.
+            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(line) = whole.lines().find(|l| l.contains(needle)) {
                 return line.to_string();
             }
             if let Ok(Some(status)) = self.qemu.child.try_wait() {
