@@ -13,8 +13,12 @@ pub struct Castra(Server);
 
 impl Castra {
     pub fn start() -> Option<Castra> {
+        // CASTRA_BENCH_BIN: another castra build (e.g. the last commit's) to
+        // measure in place of this one, against the same peers.
+        let bin = std::env::var("CASTRA_BENCH_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_castra").to_owned());
         let s = Server::spawn(
-            env!("CARGO_BIN_EXE_castra"),
+            &bin,
             |port, dir| {
                 for i in 0..65 {
                     let d = dir.join("vms").join(format!("p{i}"));
@@ -100,6 +104,9 @@ impl Subscriber for CastraConn {
 }
 
 impl Peer for Castra {
+    fn server(&self) -> &Server {
+        &self.0
+    }
     fn publisher(&self, i: usize) -> io::Result<Box<dyn Publisher>> {
         Ok(Box::new(CastraConn::open(self.0.port, &format!("p{i}"))?))
     }

@@ -14,7 +14,14 @@
 //!   `try_send` to 4 queues as the baseline.
 //!
 //! A peer whose server is not installed prints `n/a`. Clients are minimal
-//! hand-written protocol clients (std only), the same for every peer.
+//! hand-written protocol clients (std only), the same for every peer. Each
+//! throughput cell also prints the CPU time an ack cost the server process
+//! and the client threads (from /proc), which is steadier than the rate on
+//! a shared machine and shows where the time goes.
+//!
+//! `-- --quick` runs only the headline cell (64 B, 64 publishers) three
+//! times for castra, Redis and NATS. `CASTRA_BENCH_BIN=<path>` measures
+//! another castra build (e.g. the last commit's) against the same peers.
 //!
 //! This file owns the run: the `Publisher`/`Subscriber`/`Peer` traits every
 //! peer implements, the throughput and latency drivers, and the tables. Each
@@ -62,12 +69,23 @@ trait Subscriber: Send {
 
 /// A running peer server.
 trait Peer {
+    fn server(&self) -> &server::Server;
     fn publisher(&self, i: usize) -> io::Result<Box<dyn Publisher>>;
     fn subscriber(&self, topic: &str) -> io::Result<Box<dyn Subscriber>>;
 }
 
+/// One throughput cell: acks per second, and the CPU time each ack cost the
+/// server and the client threads (both on the same 2 cores, so a costly
+/// client takes time from the server).
+#[derive(Clone, Copy)]
+struct Cell {
+    rate: f64,
+    server_us: f64,
+    client_us: f64,
+}
+
 /// Acks per second with `n` publishers, one publish in flight each.
-fn throughput(peer: &dyn Peer, n: usize, size: usize, topic: &str) -> io::Result<f64> {
+fn throughput(peer: &dyn Peer, n: usize, size: usize, topic: &str) -> io::Result<Cell> {
     let pubs: Vec<Box<dyn Publisher>> = (0..n)
         .map(|i| peer.publisher(i))
         .collect::<Result<_, _>>()?;
@@ -97,9 +115,12 @@ fn throughput(peer: &dyn Peer, n: usize, size: usize, topic: &str) -> io::Result
         })
         .collect();
     thread::sleep(WARMUP);
-    let (c0, t0) = (acks.load(Ordering::Relaxed), Instant::now());
+    let cpu = || -> io::Result<(Duration, Duration)> {
+        Ok((peer.server().cpu()?, server::cpu_of("/proc/self/stat")?))
+    };
+    let (c0, t0, (s0, p0)) = (acks.load(Ordering::Relaxed), Instant::now(), cpu()?);
     thread::sleep(MEASURE);
-    let (c1, t1) = (acks.load(Ordering::Relaxed), Instant::now());
+    let (c1, t1, (s1, p1)) = (acks.load(Ordering::Relaxed), Instant::now(), cpu()?);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -107,7 +128,12 @@ fn throughput(peer: &dyn Peer, n: usize, size: usize, topic: &str) -> io::Result
     if failed.load(Ordering::Relaxed) {
         return Err(io::Error::other("a publisher failed"));
     }
-    Ok((c1 - c0) as f64 / (t1 - t0).as_secs_f64())
+    let acked = (c1 - c0).max(1) as f64;
+    Ok(Cell {
+        rate: (c1 - c0) as f64 / (t1 - t0).as_secs_f64(),
+        server_us: (s1 - s0).as_secs_f64() * 1e6 / acked,
+        client_us: (p1 - p0).as_secs_f64() * 1e6 / acked,
+    })
 }
 
 /// publish->deliver p50/p99 in ms at LAT_RATE msg/s, 64 B payloads.
@@ -156,17 +182,27 @@ fn latency(peer: &dyn Peer) -> io::Result<(f64, f64)> {
     Ok((pct(0.5), pct(0.99)))
 }
 
-fn fmt_rate(r: &Option<f64>) -> String {
-    r.map_or("n/a".into(), |r| format!("{r:.0}"))
+fn fmt_rate(c: &Option<Cell>) -> String {
+    c.map_or("n/a".into(), |c| format!("{:.0}", c.rate))
+}
+
+fn fmt_cpu(c: &Option<Cell>) -> String {
+    c.map_or("n/a".into(), |c| {
+        format!("{:.1} / {:.1}", c.server_us, c.client_us)
+    })
 }
 
 fn main() {
+    // `cargo bench --bench bus -- --quick`: only the headline cell (64 B,
+    // 64 publishers), three times, for castra, its baseline and NATS core
+    // (the non-durable ceiling of this client on this machine).
+    let quick = std::env::args().any(|a| a == "--quick");
     println!(
         "bus benchmark: loopback, {MEASURE:?} per cell after {WARMUP:?} warm-up, one publish in flight per publisher\n"
     );
     let castra = Castra::start();
     let redis = Redis::start();
-    let mosq = Mosquitto::start();
+    let mosq = if quick { None } else { Mosquitto::start() };
     let nats = Nats::start();
     let peers: [(&str, Option<&dyn Peer>); 4] = [
         ("castra (durable)", castra.as_ref().map(|p| p as &dyn Peer)),
@@ -184,7 +220,7 @@ fn main() {
         ),
     ];
     for (name, p) in &peers {
-        if p.is_none() {
+        if p.is_none() && !(quick && name.starts_with("mosquitto")) {
             println!("note: {name} could not be started (not installed?): n/a");
         }
     }
@@ -193,10 +229,19 @@ fn main() {
         "| payload | publishers | castra | redis always (baseline) | castra/redis | mosquitto QoS1 | NATS core |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let (payloads, publishers, rounds): (&[usize], &[usize], usize) = if quick {
+        (&[64], &[64], 3)
+    } else {
+        (&PAYLOADS, &PUBLISHERS, 1)
+    };
     let mut cell = 0;
-    for size in PAYLOADS {
-        for n in PUBLISHERS {
-            let rates: Vec<Option<f64>> = peers
+    let mut cpu_rows = Vec::new();
+    for (size, n) in (0..rounds)
+        .flat_map(|_| payloads.iter())
+        .flat_map(|&size| publishers.iter().map(move |&n| (size, n)))
+    {
+        {
+            let rates: Vec<Option<Cell>> = peers
                 .iter()
                 .map(|(name, p)| {
                     cell += 1;
@@ -211,7 +256,7 @@ fn main() {
                 })
                 .collect();
             let ratio = match (rates[0], rates[1]) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                (Some(a), Some(b)) if b.rate > 0.0 => format!("{:.2}x", a.rate / b.rate),
                 _ => "n/a".into(),
             };
             println!(
@@ -221,7 +266,18 @@ fn main() {
                 fmt_rate(&rates[2]),
                 fmt_rate(&rates[3])
             );
+            let cpu: Vec<String> = rates.iter().map(fmt_cpu).collect();
+            cpu_rows.push(format!("| {size} B | {n} | {} |", cpu.join(" | ")));
         }
+    }
+    println!("\nCPU per ack in the cells above (us, server / client threads; 2 cores shared)");
+    println!("| payload | publishers | castra | redis always | mosquitto QoS1 | NATS core |");
+    println!("|---|---|---|---|---|---|");
+    for row in cpu_rows {
+        println!("{row}");
+    }
+    if quick {
+        return;
     }
     println!(
         "\npublish->deliver latency, 64 B at {LAT_RATE} msg/s, {LAT_SAMPLES} messages (ms, p50 / p99)"

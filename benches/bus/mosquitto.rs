@@ -35,6 +35,9 @@ impl Mosquitto {
 static CLIENT: AtomicU64 = AtomicU64::new(0);
 
 impl Peer for Mosquitto {
+    fn server(&self) -> &Server {
+        &self.0
+    }
     fn publisher(&self, _: usize) -> io::Result<Box<dyn Publisher>> {
         let n = CLIENT.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(MqttConn::open(self.0.port, &format!("pub{n}"))?))

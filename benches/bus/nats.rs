@@ -30,6 +30,9 @@ impl Nats {
 }
 
 impl Peer for Nats {
+    fn server(&self) -> &Server {
+        &self.0
+    }
     fn publisher(&self, _: usize) -> io::Result<Box<dyn Publisher>> {
         Ok(Box::new(NatsConn::open(self.0.port, true)?))
     }

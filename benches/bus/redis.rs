@@ -150,6 +150,9 @@ impl Subscriber for RedisConn {
 }
 
 impl Peer for Redis {
+    fn server(&self) -> &Server {
+        &self.0
+    }
     fn publisher(&self, _: usize) -> io::Result<Box<dyn Publisher>> {
         Ok(Box::new(self.conn("")?))
     }

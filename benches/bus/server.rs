@@ -60,6 +60,29 @@ impl Server {
     }
 }
 
+impl Server {
+    /// CPU time the server process has used so far (user + system).
+    pub fn cpu(&self) -> io::Result<Duration> {
+        cpu_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+/// CPU time (user + system) of the process whose `/proc/<pid>/stat` is
+/// `path`: fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
+pub fn cpu_of(path: &str) -> io::Result<Duration> {
+    let stat = std::fs::read_to_string(path)?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.iter().sum::<u64>();
+    Ok(Duration::from_millis(ticks * 10))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
