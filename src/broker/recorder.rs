@@ -4,15 +4,21 @@
 //! (tmp, fsync, rename) at most every [`MIN_WRITE_INTERVAL`], and answers
 //! `status` requests from the host socket. It never touches a socket, so a
 //! slow disk delays files, never sessions.
+//!
+//! Heartbeats and publishes only refresh times and counters, and they come
+//! at the bus's rate: they wait in a shared list, stamped with their time,
+//! and are applied when the snapshot is next written or rendered. Only the
+//! first of them since the last write wakes the thread, so a busy bus costs
+//! the recorder a wake-up per write, not one per publish.
 
 use crate::fsutil::write_atomic;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +33,8 @@ pub const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(200);
 
 enum Msg {
     Record(Record, SocketAddr),
+    /// Refreshes are waiting in the shared list.
+    Refreshes,
     Event(Event),
     Status(smol::channel::Sender<String>),
     BusStats {
@@ -39,18 +47,59 @@ enum Msg {
 /// Handle to the recorder thread.
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
+    refreshes: Arc<Refreshes>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// Records that only refresh times and counters (heartbeats, publishes),
+/// each with the time it happened, waiting to be applied.
+#[derive(Default)]
+struct Refreshes {
+    list: Mutex<Vec<(Record, u64)>>,
+    /// Set by the first refresh after a drain (which sends the one wake-up),
+    /// cleared by the drain.
+    pending: AtomicBool,
+}
+
+impl Refreshes {
+    /// Queue a refresh; true when the recorder must be woken for it.
+    fn push(&self, record: Record, at_ms: u64) -> bool {
+        if let Ok(mut list) = self.list.lock() {
+            list.push((record, at_ms));
+        }
+        !self.pending.swap(true, Ordering::SeqCst)
+    }
+
+    /// Everything queued so far. Clearing `pending` before taking the list
+    /// means a refresh pushed after the take always sends a new wake-up.
+    fn drain(&self) -> Vec<(Record, u64)> {
+        self.pending.store(false, Ordering::SeqCst);
+        self.list
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
 }
 
 /// A cloneable sender for connection tasks.
 #[derive(Clone)]
 pub struct RecorderHandle {
     tx: mpsc::Sender<Msg>,
+    refreshes: Arc<Refreshes>,
 }
 
 impl RecorderHandle {
     pub fn record(&self, record: Record, peer: SocketAddr) {
-        let _ = self.tx.send(Msg::Record(record, peer));
+        match record {
+            Record::Heartbeat { .. } | Record::Published { .. } => {
+                if self.refreshes.push(record, unix_ms()) {
+                    let _ = self.tx.send(Msg::Refreshes);
+                }
+            }
+            _ => {
+                let _ = self.tx.send(Msg::Record(record, peer));
+            }
+        }
     }
 
     /// The hub's counters (`bus_overflow_dropped_total`, `bus_queue_depth`).
@@ -80,7 +129,9 @@ impl Recorder {
             .create(true)
             .append(true)
             .open(layout.broker_events())?;
+        let refreshes = Arc::new(Refreshes::default());
         let mut worker = Worker {
+            refreshes: refreshes.clone(),
             state_path: layout.broker_state(),
             events,
             snapshot,
@@ -94,6 +145,7 @@ impl Recorder {
             .spawn(move || worker.run(rx))?;
         Ok(Recorder {
             tx,
+            refreshes,
             handle: Some(handle),
         })
     }
@@ -101,6 +153,7 @@ impl Recorder {
     pub fn handle(&self) -> RecorderHandle {
         RecorderHandle {
             tx: self.tx.clone(),
+            refreshes: self.refreshes.clone(),
         }
     }
 
@@ -118,6 +171,7 @@ impl Recorder {
 }
 
 struct Worker {
+    refreshes: Arc<Refreshes>,
     state_path: PathBuf,
     events: File,
     snapshot: BrokerSnapshot,
@@ -145,6 +199,7 @@ impl Worker {
                     self.snapshot.apply(&record, now);
                     self.dirty = true;
                 }
+                Ok(Msg::Refreshes) => self.dirty = true,
                 Ok(Msg::Event(event)) => self.emit(&event, unix_ms()),
                 Ok(Msg::BusStats {
                     dropped_total,
@@ -188,6 +243,9 @@ impl Worker {
     }
 
     fn render(&mut self, now: u64) -> String {
+        for (record, at_ms) in self.refreshes.drain() {
+            self.snapshot.apply(&record, at_ms);
+        }
         self.snapshot.written_ms = now;
         self.snapshot.connections = self.connections.load(Ordering::Relaxed) as u32;
         serde_json::to_string_pretty(&self.snapshot).unwrap_or_default()
@@ -218,4 +276,72 @@ pub fn unix_ms() -> u64 {
 pub fn log(msg: &str) {
     let line = format!("{} {msg}\n", utc(unix_ms()));
     let _ = io::stderr().lock().write_all(line.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(vm: &str, seq: u64) -> Record {
+        Record::Published {
+            vm: Some(vm.to_owned()),
+            seq,
+        }
+    }
+
+    #[test]
+    fn refreshes_wake_the_recorder_once_per_drain_and_lose_none() {
+        let r = Refreshes::default();
+        assert!(r.push(published("a", 1), 10), "the first one wakes");
+        assert!(
+            !r.push(published("a", 2), 11),
+            "the rest wait for the drain"
+        );
+        assert!(!r.push(published("b", 3), 12));
+        let got: Vec<u64> = r.drain().iter().map(|(_, at)| *at).collect();
+        assert_eq!(got, [10, 11, 12]);
+        assert!(r.drain().is_empty());
+        assert!(r.push(published("a", 4), 13), "after a drain, a new wake");
+    }
+
+    /// The real thread: publishes recorded without a wake each still count,
+    /// with the time they happened, in what `status` renders and in the
+    /// state.json written when the recorder stops.
+    #[test]
+    fn a_burst_of_publishes_is_counted_in_status_and_state_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StateLayout::new(dir.path());
+        std::fs::create_dir_all(layout.broker_dir()).unwrap();
+        let snapshot = BrokerSnapshot::starting(None, 1, 7000, 15_000, unix_ms());
+        let recorder = Recorder::spawn(&layout, snapshot, Arc::new(AtomicUsize::new(0))).unwrap();
+        let handle = recorder.handle();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let before = unix_ms();
+        for seq in 1..=500 {
+            handle.record(published("web", seq), peer);
+        }
+        handle.record(
+            Record::Heartbeat {
+                vm: "db".into(),
+                session: "s1".into(),
+            },
+            peer,
+        );
+        let status: BrokerSnapshot =
+            serde_json::from_str(&smol::block_on(handle.status()).unwrap()).unwrap();
+        assert_eq!(status.vms["web"].publishes, 500);
+        assert_eq!(status.bus_last_seq, Some(500));
+        let at = status.vms["web"].last_publish_ms.unwrap();
+        assert!(
+            at >= before && at <= unix_ms(),
+            "{at} not in [{before}, now]"
+        );
+        assert!(status.vms["db"].last_heartbeat_ms.is_some());
+
+        handle.record(published("web", 501), peer);
+        recorder.stop(Reason::Shutdown);
+        let written: BrokerSnapshot =
+            serde_json::from_str(&std::fs::read_to_string(layout.broker_state()).unwrap()).unwrap();
+        assert_eq!(written.vms["web"].publishes, 501);
+    }
 }
