@@ -32,10 +32,10 @@ pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
             None => return,
             Some(Ok((stream, _))) => {
                 let guard = ConnGuard::new(&ctx.connections);
-                let ctx = ctx.clone();
-                smol::spawn(async move {
+                let task_ctx = ctx.clone();
+                ctx.spawn(async move {
                     let _guard = guard;
-                    serve_host(ctx, stream).await;
+                    serve_host(task_ctx, stream).await;
                 })
                 .detach();
             }

@@ -190,6 +190,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         source,
     })?;
     let hub = Hub::new(opts.hub);
+    let tasks = Arc::new(smol::Executor::new());
     let ctx = Arc::new(Ctx {
         opts,
         layout,
@@ -200,9 +201,11 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         hub: hub_tx,
         bus_log: log_tx,
         next_key: AtomicU64::new(1),
+        tasks: tasks.clone(),
     });
-    smol::spawn(hub::run(hub, hub_rx, ctx.recorder.clone())).detach();
-    smol::block_on(async {
+    ctx.spawn(hub::run(hub, hub_rx, ctx.recorder.clone()))
+        .detach();
+    smol::block_on(tasks.run(async {
         accept_guests(ctx.clone(), tcp)
             .or(host_socket::accept_host(ctx.clone(), unix))
             .await;
@@ -210,7 +213,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         while ctx.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             Timer::after(Duration::from_millis(10)).await;
         }
-    });
+    }));
     recorder.stop(Reason::Shutdown);
     let _ = std::fs::remove_file(&socket_path);
     if std::fs::read_to_string(&pidfile).is_ok_and(|p| p.trim() == pid.to_string()) {
@@ -310,9 +313,21 @@ pub(super) struct Ctx {
     /// has not synced when the process exits was never acknowledged.
     pub(super) bus_log: smol::channel::Sender<Append>,
     pub(super) next_key: AtomicU64,
+    /// Every task of the broker runs on this executor, on the thread that
+    /// also waits on the sockets (`run`): a socket's readiness then runs its
+    /// task without waking another thread.
+    pub(super) tasks: Arc<smol::Executor<'static>>,
 }
 
 impl Ctx {
+    /// Run `fut` as a task of the broker.
+    pub(super) fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> smol::Task<T> {
+        self.tasks.spawn(fut)
+    }
+
     /// Monotonic milliseconds since the broker started (the session clock).
     pub(super) fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
@@ -368,14 +383,15 @@ async fn accept_guests(ctx: Arc<Ctx>, listener: TcpListener) {
             None => return,
             Some(Ok((stream, peer))) => {
                 if ctx.connections.load(Ordering::SeqCst) >= ctx.opts.max_connections {
-                    smol::spawn(refuse(stream, Reason::TooManyConnections)).detach();
+                    ctx.spawn(refuse(stream, Reason::TooManyConnections))
+                        .detach();
                     continue;
                 }
                 let guard = ConnGuard::new(&ctx.connections);
-                let ctx = ctx.clone();
-                smol::spawn(async move {
+                let task_ctx = ctx.clone();
+                ctx.spawn(async move {
                     let _guard = guard;
-                    conn::serve_guest(ctx, stream, peer).await;
+                    conn::serve_guest(task_ctx, stream, peer).await;
                 })
                 .detach();
             }

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -357,17 +358,25 @@ enum Next {
 }
 
 /// The next publish, waiting until `deadline` at most (`None`: no bound).
+/// The thread parks on its own: it never drives the sockets' reactor, whose
+/// events belong to the broker's task thread.
 fn next_publish(rx: &smol::channel::Receiver<Append>, deadline: Option<Instant>) -> Next {
-    let received = |r: Result<Append, _>| r.map_or(Next::Closed, Next::Publish);
-    match deadline {
-        None => received(rx.recv_blocking()),
-        Some(at) => smol::block_on(smol::future::or(
-            async { received(rx.recv().await) },
-            async {
-                smol::Timer::at(at).await;
-                Next::Timeout
-            },
-        )),
+    let (parker, unparker) = parking::pair();
+    let waker = std::task::Waker::from(unparker);
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut recv = std::pin::pin!(rx.recv());
+    loop {
+        if let std::task::Poll::Ready(r) = recv.as_mut().poll(&mut cx) {
+            return r.map_or(Next::Closed, Next::Publish);
+        }
+        match deadline {
+            None => parker.park(),
+            Some(at) => {
+                if !parker.park_deadline(at) && Instant::now() >= at {
+                    return Next::Timeout;
+                }
+            }
+        }
     }
 }
 
