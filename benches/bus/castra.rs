@@ -61,24 +61,57 @@ impl CastraConn {
         self.0.send(&b)
     }
 
-    fn frame(&mut self) -> io::Result<serde_json::Value> {
+    fn frame_bytes(&mut self) -> io::Result<Vec<u8>> {
         let len = self.0.exact(4)?;
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        Ok(serde_json::from_slice(&self.0.exact(len)?)?)
+        self.0.exact(len)
     }
+
+    fn frame(&mut self) -> io::Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&self.frame_bytes()?)?)
+    }
+}
+
+/// A publish frame, serialized without building a JSON tree (as a lean
+/// client would; the Redis client formats its command the same way).
+#[derive(serde::Serialize)]
+struct PublishFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a str,
+    payload: &'a str,
+}
+
+/// The fields of a broker frame a publisher looks at.
+#[derive(serde::Deserialize)]
+struct AckFields<'a> {
+    #[serde(borrow, default)]
+    ack: Option<&'a str>,
+    #[serde(borrow, default)]
+    status: Option<&'a str>,
 }
 
 impl Publisher for CastraConn {
     fn publish(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
         let text = String::from_utf8_lossy(payload);
-        self.send(&serde_json::json!({"type": "publish", "topic": topic, "payload": text}))?;
+        let body = serde_json::to_vec(&PublishFrame {
+            kind: "publish",
+            topic,
+            payload: &text,
+        })?;
+        let mut b = (body.len() as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(&body);
+        self.0.send(&b)?;
         loop {
-            let f = self.frame()?;
-            if f["ack"] == "publish" {
-                return if f["status"] == "ok" {
+            let bytes = self.frame_bytes()?;
+            let f: AckFields = serde_json::from_slice(&bytes)?;
+            if f.ack == Some("publish") {
+                return if f.status == Some("ok") {
                     Ok(())
                 } else {
-                    Err(io::Error::other(f.to_string()))
+                    Err(io::Error::other(
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ))
                 };
             }
         }
