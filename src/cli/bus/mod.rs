@@ -5,6 +5,7 @@
 //! (`tail.rs`, with `--since` parsed in `since.rs`). Rendering a message as
 //! one readable line is shared here.
 
+mod rotated;
 mod since;
 mod subscribe;
 mod tail;
