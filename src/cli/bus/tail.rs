@@ -254,8 +254,9 @@ impl LiveReader {
 }
 
 /// Complete lines after `pos` (a torn last line waits for its newline), and
-/// the new position. A file that shrank (cut at a broker restart) is read
-/// again from where it now ends.
+/// the new position. A line that is not UTF-8 is corrupt (no record can be)
+/// and left out. A file that shrank (cut at a broker restart) is read again
+/// from where it now ends.
 fn read_lines(file: &mut File, pos: u64, path: &Path) -> Result<(Vec<String>, u64)> {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut pos = pos.min(len);
@@ -263,17 +264,19 @@ fn read_lines(file: &mut File, pos: u64, path: &Path) -> Result<(Vec<String>, u6
         .with_context(|| format!("cannot read {}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut lines = Vec::new();
-    let mut buf = String::new();
+    let mut buf = Vec::new();
     loop {
         buf.clear();
         let n = reader
-            .read_line(&mut buf)
+            .read_until(b'\n', &mut buf)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 || !buf.ends_with('\n') {
+        if n == 0 || buf.last() != Some(&b'\n') {
             break;
         }
         pos += n as u64;
-        lines.push(buf.trim_end().to_owned());
+        if let Ok(line) = std::str::from_utf8(&buf) {
+            lines.push(line.trim_end().to_owned());
+        }
     }
     Ok((lines, pos))
 }
@@ -308,14 +311,17 @@ mod tests {
         };
         let a = rec(1, "web", "broadcast", None);
         let b = rec(2, "host", "vm:web", Some(json!("x1")));
-        let text = format!(
-            "{}\n{}\n{{\"seq\":3,",
+        // A corrupt line that is not UTF-8 between them is left out.
+        let (ja, jb) = (
             serde_json::to_string(&a).unwrap(),
-            serde_json::to_string(&b).unwrap()
+            serde_json::to_string(&b).unwrap(),
         );
+        let mut text = format!("{ja}\n").into_bytes();
+        text.extend_from_slice(b"{\"seq\":9,\"payload\":\"\xff\"}\n");
+        text.extend_from_slice(format!("{jb}\n{{\"seq\":3,").as_bytes());
         std::fs::write(&path, &text).unwrap();
         let (lines, pos) = read_new(&path, 0).unwrap();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines, [ja, jb]);
         assert_eq!(pos as usize, text.len() - "{\"seq\":3,".len());
         let (none, same) = read_new(&path, pos).unwrap();
         assert!(none.is_empty());
@@ -463,6 +469,7 @@ mod tests {
         // web.log whose last line is NULs, a torn tail on the live files.
         rot_line(&gens[2], -1, b'x');
         rot_line(&gens[4], 2, b'\0');
+        rot_line(&gens[1], 3, 0xff);
         rot_line(&generations(&layout.bus_vm_log("web"))[1], -1, b'\0');
         for live in [all.clone(), layout.bus_vm_log("web")] {
             let mut f = std::fs::OpenOptions::new()
