@@ -2,8 +2,10 @@
 //! clients for shell scripts in the guest. Each opens its own bus session
 //! (a VM may hold several) with the agent's identity and token. Publish
 //! waits for the durable ack and prints the seq; subscribe prints every
-//! delivered message as one JSON line, acknowledges it, heartbeats, and
-//! exits non-zero when the session ends (a script loops to reconnect).
+//! delivered message as one JSON line and acknowledges it (the broker's
+//! `consumer.rs`, shared with the host's `castra bus subscribe`),
+//! heartbeats, and exits non-zero when the session ends (a script loops to
+//! reconnect).
 
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::client::{Ended, Target, handshake};
+use crate::broker::consumer::{Format, print_message};
 use crate::broker::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame};
 use crate::broker::frame_reader::FrameReader;
 
@@ -114,14 +117,6 @@ pub fn subscribe(target: &Target, topics: &[String], out: &mut dyn Write) -> Res
                 c.send(&ClientFrame::Heartbeat).map_err(|e| e.to_string())?;
                 next_beat = Instant::now() + interval;
             }
-            Some(message @ BrokerFrame::Message { seq, .. }) => {
-                let line = serde_json::to_string(&message).unwrap_or_default();
-                writeln!(out, "{line}")
-                    .and_then(|()| out.flush())
-                    .map_err(|e| format!("writing to stdout: {e}"))?;
-                c.send(&ClientFrame::Ack { seq })
-                    .map_err(|e| e.to_string())?;
-            }
             Some(BrokerFrame::Ack {
                 ack: AckKind::Subscribe,
                 status: AckStatus::Error,
@@ -149,7 +144,14 @@ pub fn subscribe(target: &Target, topics: &[String], out: &mut dyn Write) -> Res
             Some(BrokerFrame::Bye { reason }) => {
                 return Err(format!("the broker closed the session: {reason}"));
             }
-            Some(_) => {}
+            // Messages; heartbeat acks and errors print nothing.
+            Some(f) => {
+                let ack = print_message(&f, Format::Json, out)
+                    .map_err(|e| format!("writing to stdout: {e}"))?;
+                if let Some(ack) = ack {
+                    c.send(&ack).map_err(|e| e.to_string())?;
+                }
+            }
         }
     }
 }

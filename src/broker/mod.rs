@@ -5,6 +5,7 @@
 
 pub mod buslog;
 mod conn;
+pub mod consumer;
 pub mod control;
 pub mod events;
 pub mod frame;

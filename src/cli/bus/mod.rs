@@ -2,8 +2,9 @@
 //! broker's Unix socket and succeeds only on the durable ack; `subscribe`
 //! holds a live host session on that socket (`subscribe.rs`); `tail` reads
 //! and follows the bus log files directly, never waiting on the broker
-//! (`tail.rs`, with `--since` parsed in `since.rs`). Rendering a message as
-//! one readable line is shared here.
+//! (`tail.rs`, with `--since` parsed in `since.rs` and rotated files passed
+//! over in `rotated.rs`). Both print messages as `broker::consumer` renders
+//! them.
 
 mod rotated;
 mod since;
@@ -16,7 +17,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::broker::events::utc;
 use crate::broker::frame::DEFAULT_FRAME_LIMIT;
 use crate::broker::host_client;
 use crate::config::Project;
@@ -90,18 +90,4 @@ fn publish(args: &PublishArgs, layout: &StateLayout) -> Result<ExitCode> {
     )?;
     println!("{seq}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// One readable line: `<utc> #<seq> <from> <topic> [id=<id>] <payload>`
-/// (what `tail` prints for a log record and `subscribe` for a message).
-fn render_line(
-    ts_ms: u64,
-    seq: u64,
-    from: &str,
-    topic: &str,
-    id: Option<&Value>,
-    payload: &Value,
-) -> String {
-    let id = id.map(|i| format!(" id={i}")).unwrap_or_default();
-    format!("{} #{seq} {from} {topic}{id} {payload}", utc(ts_ms))
 }

@@ -1,11 +1,12 @@
 //! `castra bus subscribe`: a host consumer. Opens a bus session on the
 //! broker's Unix socket (the same protocol a guest speaks), subscribes,
-//! prints each delivered message as one line (or one JSON object), acks it,
-//! and heartbeats while idle. Ends with 0 after `-n COUNT` messages, on
+//! prints each delivered message as one line (or one JSON object) and acks
+//! it (`broker::consumer`, shared with `castra-agent subscribe`), and
+//! heartbeats while idle. Ends with 0 after `-n COUNT` messages, on
 //! SIGINT/SIGTERM, or when stdout is closed; with 1 when the broker is not
 //! running or ends the session (its reason and what to do are printed).
 
-use std::io::{self, Write};
+use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
-use super::render_line;
-use crate::broker::frame::{BrokerFrame, ClientFrame};
+use crate::broker::consumer::{Format, print_message};
+use crate::broker::frame::ClientFrame;
 use crate::broker::host_client::{HostSession, SessionError};
 use crate::broker::session::HEARTBEAT_INTERVAL_MS;
 use crate::layout::StateLayout;
@@ -81,6 +82,11 @@ pub fn run(args: &SubscribeArgs, layout: &StateLayout) -> Result<ExitCode> {
         args.topic.join(", "),
         session.session
     );
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Line
+    };
     let interval = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
     let mut last_sent = Instant::now();
     let mut received = 0u64;
@@ -96,33 +102,16 @@ pub fn run(args: &SubscribeArgs, layout: &StateLayout) -> Result<ExitCode> {
         };
         let sent = match frame {
             None => session.send(&ClientFrame::Heartbeat),
-            Some(BrokerFrame::Message {
-                seq,
-                topic,
-                from,
-                ts_ms,
-                payload,
-            }) => {
-                let line = if args.json {
-                    serde_json::to_string(&BrokerFrame::Message {
-                        seq,
-                        topic,
-                        from,
-                        ts_ms,
-                        payload,
-                    })?
-                } else {
-                    render_line(ts_ms, seq, &from, &topic, None, &payload)
-                };
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                    // stdout closed (`| head`): done, like a broken pipe.
-                    return Ok(ExitCode::SUCCESS);
+            Some(frame) => match print_message(&frame, format, &mut out) {
+                Ok(Some(ack)) => {
+                    received += 1;
+                    session.send(&ack)
                 }
-                received += 1;
-                session.send(&ClientFrame::Ack { seq })
-            }
-            // Heartbeat acks, errors (a bye follows): nothing to do.
-            Some(_) => continue,
+                // Heartbeat acks, errors (a bye follows): nothing to do.
+                Ok(None) => continue,
+                // stdout closed (`| head`): done, like a broken pipe.
+                Err(_) => return Ok(ExitCode::SUCCESS),
+            },
         };
         match sent {
             Ok(()) => last_sent = Instant::now(),

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::render_line;
 use super::rotated::last_record;
 use super::since::Since;
 use crate::broker::buslog::{LogRecord, generations};
+use crate::broker::consumer::render_line;
 use crate::broker::recorder::unix_ms;
 use crate::layout::StateLayout;
 
