@@ -66,6 +66,8 @@ pub(super) struct Writer {
     /// the group-commit wait expects ([`group_wait`]).
     recent: [usize; 2],
     last_sync: Duration,
+    /// The last commit's timestamp: stamps never go back in a run.
+    last_ts_ms: u64,
 }
 
 impl Writer {
@@ -90,6 +92,7 @@ impl Writer {
             last_checkpoint: Instant::now(),
             recent: [0; 2],
             last_sync: Duration::ZERO,
+            last_ts_ms: 0,
         }
     }
 
@@ -132,7 +135,8 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Append>) {
-        let ts_ms = unix_ms();
+        let ts_ms = next_stamp(unix_ms(), self.last_ts_ms);
+        self.last_ts_ms = ts_ms;
         let mut records = Vec::with_capacity(batch.len());
         let mut dones = Vec::with_capacity(batch.len());
         let mut bufs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -406,6 +410,13 @@ fn group_wait(recent: [usize; 2], last_sync: Duration, have: usize) -> (usize, D
     (expected, (last_sync / 2).min(GROUP_WAIT_MAX))
 }
 
+/// A commit's timestamp: the wall clock, but never before the last commit's,
+/// so records stay in `ts_ms` order (what `bus tail --since` relies on to
+/// pass over old files) when the host's clock is set back.
+fn next_stamp(now_ms: u64, last_ms: u64) -> u64 {
+    now_ms.max(last_ms)
+}
+
 /// Shift `live`'s generations up by one (dropping the one beyond `keep`)
 /// and rename `live` to `live.1`.
 pub(super) fn rotate(live: &Path, keep: u32) -> io::Result<()> {
@@ -482,6 +493,14 @@ mod tests {
         assert_eq!(group_wait([58, 6], us(400), 3), (58, us(200)));
         // Capped: a slow disk does not make every commit wait long.
         assert_eq!(group_wait([58, 6], ms(20), 3), (58, GROUP_WAIT_MAX));
+    }
+
+    #[test]
+    fn stamps_follow_the_clock_but_never_go_back() {
+        assert_eq!(next_stamp(1_000, 0), 1_000);
+        assert_eq!(next_stamp(1_005, 1_000), 1_005);
+        // The clock was set back 10 s: the stamp holds until it catches up.
+        assert_eq!(next_stamp(995, 1_005), 1_005);
     }
 
     #[test]

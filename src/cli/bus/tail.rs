@@ -3,8 +3,9 @@
 //! and start (`--since`). Reads files only, so it never waits on the broker.
 //! With `--since`, a rotated file whose last record (`rotated.rs`, read from
 //! its end) is before the start is passed over unread: records in a file are
-//! in sequence order, and in time order unless the host's clock was set back
-//! (docs/BUS.md), so none of its records would be printed.
+//! in sequence order, and in time order (the writer never stamps back in a
+//! run; only a clock set back while the broker was stopped breaks it, see
+//! docs/BUS.md), so none of its records would be printed.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
