@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use common::broker::{Broker, Guest, agent, cli, json_seqs, state_root as project};
-use common::free_port;
+use common::{free_port, ok_stdout};
 use serde_json::{Value, json};
 
 #[test]
@@ -62,12 +62,7 @@ fn deliver_across_guests_host_agent_and_cli() {
     )
     .output()
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let host_seq: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let host_seq: u64 = ok_stdout(&out).trim().parse().unwrap();
     let m = a.message();
     assert_eq!(
         (m["seq"].as_u64(), &m["from"]),
@@ -94,12 +89,7 @@ fn deliver_across_guests_host_agent_and_cli() {
     )
     .output()
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let agent_seq: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let agent_seq: u64 = ok_stdout(&out).trim().parse().unwrap();
     assert_eq!(a.message()["payload"], json!("done"));
 
     // CLI errors: invalid JSON, too large.

@@ -240,35 +240,33 @@ fn main() {
         .flat_map(|_| payloads.iter())
         .flat_map(|&size| publishers.iter().map(move |&n| (size, n)))
     {
-        {
-            let rates: Vec<Option<Cell>> = peers
-                .iter()
-                .map(|(name, p)| {
-                    cell += 1;
-                    let topic = format!("bench{cell}");
-                    p.and_then(|p| match throughput(p, n, size, &topic) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            eprintln!("{name}: {e}");
-                            None
-                        }
-                    })
+        let rates: Vec<Option<Cell>> = peers
+            .iter()
+            .map(|(name, p)| {
+                cell += 1;
+                let topic = format!("bench{cell}");
+                p.and_then(|p| match throughput(p, n, size, &topic) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        eprintln!("{name}: {e}");
+                        None
+                    }
                 })
-                .collect();
-            let ratio = match (rates[0], rates[1]) {
-                (Some(a), Some(b)) if b.rate > 0.0 => format!("{:.2}x", a.rate / b.rate),
-                _ => "n/a".into(),
-            };
-            println!(
-                "| {size} B | {n} | {} | {} | {ratio} | {} | {} |",
-                fmt_rate(&rates[0]),
-                fmt_rate(&rates[1]),
-                fmt_rate(&rates[2]),
-                fmt_rate(&rates[3])
-            );
-            let cpu: Vec<String> = rates.iter().map(fmt_cpu).collect();
-            cpu_rows.push(format!("| {size} B | {n} | {} |", cpu.join(" | ")));
-        }
+            })
+            .collect();
+        let ratio = match (rates[0], rates[1]) {
+            (Some(a), Some(b)) if b.rate > 0.0 => format!("{:.2}x", a.rate / b.rate),
+            _ => "n/a".into(),
+        };
+        println!(
+            "| {size} B | {n} | {} | {} | {ratio} | {} | {} |",
+            fmt_rate(&rates[0]),
+            fmt_rate(&rates[1]),
+            fmt_rate(&rates[2]),
+            fmt_rate(&rates[3])
+        );
+        let cpu: Vec<String> = rates.iter().map(fmt_cpu).collect();
+        cpu_rows.push(format!("| {size} B | {n} | {} |", cpu.join(" | ")));
     }
     println!("\nCPU per ack in the cells above (us, server / client threads; 2 cores shared)");
     println!("| payload | publishers | castra | redis always | mosquitto QoS1 | NATS core |");

@@ -116,6 +116,12 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The stdout of a command that must have succeeded (its stderr otherwise).
+pub fn ok_stdout(o: &Output) -> String {
+    assert!(o.status.success(), "{}", stderr(o));
+    stdout(o)
+}
+
 /// Find a VM object in `status --json`.
 pub fn vm<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["vms"]
