@@ -1,24 +1,46 @@
 #!/usr/bin/env bash
 # Install what castra needs on a Debian/Ubuntu host: QEMU, the packages the
 # default guest image is built from, debootstrap and e2fsprogs for the
-# Debian+Nix test guest (guest/debian-nix/build.sh), and a Rust toolchain if
-# none is present.
+# Debian+Nix test guest (guest/debian-nix/build.sh), Nix's build users, and a
+# Rust toolchain if none is present.
 # Idempotent; run as root (or with sudo available).
 set -euo pipefail
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-need=()
-for pkg in qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl \
-  debootstrap e2fsprogs; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
+packages=(qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl
+  debootstrap e2fsprogs)
+missing() { for pkg in "${packages[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"; done; }
+# Twice at most: installing one package can remove another that conflicts with it
+# (qemu-system-x86 from bookworm removes a backported qemu-utils), and the second
+# round puts back the matching version.
+for round in 1 2; do
+  mapfile -t need < <(missing)
+  [ ${#need[@]} -eq 0 ] && break
   echo "setup: installing ${need[*]}"
-  $SUDO apt-get update -q
+  [ "$round" -eq 1 ] && $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+done
+mapfile -t need < <(missing)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: error: still not installed after apt-get install: ${need[*]}" >&2
+  exit 1
 fi
+
+# Root's Nix builds as the members of `build-users-group` (default: nixbld).
+# Debian makes that group in nix-setup-systemd, which needs systemd; make the
+# same group and users here (what its postinst does), leaving any that exist.
+if ! getent group nixbld >/dev/null; then
+  echo "setup: creating the nixbld group for Nix build users"
+  $SUDO groupadd --system nixbld
+fi
+for n in $(seq 1 10); do
+  if ! id "nixbld$n" >/dev/null 2>&1; then
+    $SUDO useradd --system --comment "Nix build user $n" --home-dir /var/empty \
+      --gid nixbld --groups nixbld --no-user-group --shell /usr/sbin/nologin "nixbld$n"
+  fi
+done
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -29,4 +51,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 fi
+export PATH="$PATH:/usr/sbin:/sbin"
+for tool in qemu-system-x86_64 qemu-img busybox cpio xz depmod nix nix-instantiate debootstrap mkfs.ext4 cargo; do
+  command -v "$tool" >/dev/null || { echo "setup: error: $tool is not on PATH after setup" >&2; exit 1; }
+done
 echo "setup: ok ($(qemu-system-x86_64 --version | head -1); $(cargo --version))"
