@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
 # Every check castra has: host setup, formatting, lints, unit, CLI, broker and
-# end-to-end tests (real QEMU guests under TCG). `.ci/run` runs exactly this.
+# end-to-end tests (real QEMU guests under TCG). `.ci/run` runs exactly this,
+# inside a brand-new Debian root (scripts/fresh-root.sh).
+# Prints how long each phase took (set-up, build, tests) at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+phases=()
+mark=$(date +%s)
+phase_done() { # NAME: the time since the last mark goes to NAME
+  local now
+  now=$(date +%s)
+  phases+=("$1 $((now - mark))s")
+  mark=$now
+}
+report() { [ ${#phases[@]} -gt 0 ] && echo "test.sh: phases: ${phases[*]}"; }
+trap report EXIT
+
 ./scripts/setup-host.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+phase_done set-up
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
@@ -13,7 +28,11 @@ cargo clippy --all-targets -- -D warnings
 # The Debian+Nix guest tests/e2e_nix.rs boots (debootstrap: a few minutes the
 # first time, then a no-op until its inputs change; needs root).
 ./guest/debian-nix/build.sh >/dev/null
+cargo test --lib --bins --tests --no-run --quiet
+phase_done build
+
 # Nix files: parse every one, evaluate what evaluates offline (docs/NIX.md).
 CASTRA_BIN="$PWD/target/debug/castra" ./scripts/check-nix.sh
 # Benchmarks are left out on purpose: they run on demand (cargo bench).
 INSTA_UPDATE=no cargo test --lib --bins --tests -- --test-threads=2
+phase_done tests
