@@ -5,6 +5,8 @@
 //! cooperative (powerdown) stage is covered by the end-to-end tests with a
 //! real Linux guest instead. Every QEMU started here is SIGKILLed by a guard.
 
+mod common;
+
 use castra::config::{
     AccelChoice, ByteSize, Forward, ImageSpec, Lifecycle, Machine, Proto, VmSpec,
 };
@@ -14,6 +16,7 @@ use castra::qemu::process::{self, LaunchError, Liveness, ProcessIdentity};
 use castra::qemu::qmp::{Qmp, QmpError};
 use castra::qemu::shutdown::{self, ShutdownEvent, Stage};
 use castra::qemu::{Accel, BootImage, qemu_binary};
+use common::free_port;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -154,14 +157,6 @@ impl Vm {
         };
         (id, guard)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn signal(id: &ProcessIdentity, sig: Signal) {
