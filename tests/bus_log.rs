@@ -14,7 +14,7 @@ use std::time::Duration;
 use castra::broker::buslog::read_records;
 use castra::broker::host_client;
 use common::broker::{Broker, cli, json_seqs, state_root as project};
-use common::{free_port, ok_stdout};
+use common::{KillOnDrop, free_port, ok_stdout};
 use serde_json::{Value, json};
 
 /// Publish `{"i": i, "pad": ...}` on `jobs` through the host socket under
@@ -40,21 +40,35 @@ fn logs_rotate_by_size_and_tail_and_restart_read_across_rotation() {
         &["--bus-log-max-bytes", "1000", "--bus-log-keep", "3"],
     );
     let cli = |args: &[&str]| cli(root.path(), args);
-    // A follower started before anything is logged sees every record, across rotations.
-    let mut follow = cli(&["bus", "tail", "-f", "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // A follower started before anything is logged sees every record, across
+    // rotations. Each publish waits until the follower printed the one before
+    // (so it never falls more than the 3 kept generations behind, however
+    // loaded the machine is); a rotation comes every few records.
+    let mut follow =
+        KillOnDrop::spawn(cli(&["bus", "tail", "-f", "--json"]).stdout(Stdio::piped()));
+    let (ftx, frx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let _ = ftx.send(v["seq"].as_u64().unwrap());
+        }
+    });
     let publish = |i: u64| publish_job(root.path(), i);
-    // Paced (a rotation every ~80 ms, 3 kept) so the follower, polling every
-    // 50 ms, is never more than the kept generations behind.
+    let mut followed = Vec::new();
     let acked: Vec<u64> = (0..60)
         .map(|i| {
-            thread::sleep(Duration::from_millis(10));
-            publish(i)
+            let seq = publish(i);
+            followed.push(
+                frx.recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|e| panic!("the follower did not print seq {seq}: {e}")),
+            );
+            seq
         })
         .collect();
+    drop(follow);
     assert_eq!(acked, (1..=60).collect::<Vec<_>>());
+    assert_eq!(followed, acked);
     let bus = root.path().join("logs/bus");
     for name in ["all.log", "host.log"] {
         for n in 1..=3 {
@@ -64,20 +78,6 @@ fn logs_rotate_by_size_and_tail_and_restart_read_across_rotation() {
         }
         assert!(!bus.join(format!("{name}.4")).exists(), "keep 3");
     }
-    let (ftx, frx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&line).unwrap();
-            let _ = ftx.send(v["seq"].as_u64().unwrap());
-        }
-    });
-    let followed: Vec<u64> = (0..60)
-        .map_while(|_| frx.recv_timeout(Duration::from_secs(5)).ok())
-        .collect();
-    let _ = follow.kill();
-    let _ = follow.wait();
-    assert_eq!(followed, acked);
 
     // A plain tail reads the kept generations, oldest first, then the live file.
     let seqs = |out: std::process::Output| json_seqs(&out.stdout);

@@ -12,11 +12,17 @@
 //!   publishers' logs cut back to the checkpoint and refilled from all.log,
 //!   sequence numbers continued).
 //!
+//! - `follow.rs`: the crate's one reader that follows a log across rotation
+//!   (`bus tail -f`, bootstrap reports), with `last.rs` (a rotated file's
+//!   last record, to pass over files before a start).
+//!
 //! This file holds the record format, file naming, reading, and [`start`].
 //! Routing messages to subscribers is the hub's job; the log only hands each
 //! committed record over.
 
 mod checkpoint;
+pub mod follow;
+mod last;
 mod recover;
 mod writer;
 

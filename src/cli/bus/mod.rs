@@ -2,11 +2,10 @@
 //! broker's Unix socket and succeeds only on the durable ack; `subscribe`
 //! holds a live host session on that socket (`subscribe.rs`); `tail` reads
 //! and follows the bus log files directly, never waiting on the broker
-//! (`tail.rs`, with `--since` parsed in `since.rs` and rotated files passed
-//! over in `rotated.rs`). Both print messages as `broker::consumer` renders
+//! (`tail.rs`, with `--since` parsed in `since.rs`, through the crate's one
+//! follower, `broker::buslog::follow`). Both print messages as `broker::consumer` renders
 //! them.
 
-mod rotated;
 mod since;
 mod subscribe;
 mod tail;
