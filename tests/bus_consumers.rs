@@ -18,7 +18,7 @@ use castra::broker::frame::{BrokerFrame, ClientFrame};
 use castra::broker::host_client::{self, HostSession, SessionError};
 use castra::broker::reason::Reason;
 use common::broker::{Broker, Guest, cli, encode, pct, state_root};
-use common::{free_port, signal};
+use common::{KillOnDrop, free_port, signal};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -141,14 +141,14 @@ fn a_host_consumer_receives_guest_and_host_messages_live() {
     assert_eq!(closed, 2);
 
     // The broker stopping ends a subscriber with 1 and says what to do.
-    let last = cli(root.path(), &["bus", "subscribe", "--topic", "jobs"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let last = KillOnDrop::spawn(
+        cli(root.path(), &["bus", "subscribe", "--topic", "jobs"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     broker.state_when(|s| s.host.sessions == 1);
     signal(broker.pid().into(), Signal::SIGTERM);
-    let out = last.wait_with_output().unwrap();
+    let out = last.wait_with_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

@@ -301,15 +301,15 @@ fn a_process_ignoring_sigterm_is_sigkilled() {
     let marker = format!("castra-ladder-test-{}", std::process::id());
     // Our own child: once killed it stays a zombie until reaped, which the
     // ladder counts as exited.
-    let mut child = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "trap '' TERM; echo ready; while :; do sleep 1; done",
-            &marker,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::KillOnDrop::spawn(
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                "trap '' TERM; echo ready; while :; do sleep 1; done",
+                &marker,
+            ])
+            .stdout(std::process::Stdio::piped()),
+    );
     // Only once the trap is set may SIGTERM come.
     let mut ready = String::new();
     std::io::BufRead::read_line(

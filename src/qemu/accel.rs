@@ -490,7 +490,10 @@ mod tests {
         let modified = std::fs::metadata(&cache).unwrap().modified().unwrap();
         let again = h.resolve(AccelChoice::Auto, Some(&printing));
         assert_eq!(std::fs::read(&cache).unwrap(), written);
-        assert_eq!(std::fs::metadata(&cache).unwrap().modified().unwrap(), modified);
+        assert_eq!(
+            std::fs::metadata(&cache).unwrap().modified().unwrap(),
+            modified
+        );
         assert_eq!(again.accel, Accel::Kvm, "{}", again.reason);
         assert_eq!(
             again.reason,
