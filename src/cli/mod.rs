@@ -9,6 +9,7 @@ mod clean;
 pub mod image;
 mod init;
 mod logs;
+pub(crate) mod out;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, AccelChoice, Project};
+use crate::config::{self, AccelChoice, ConfigError, Project};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
@@ -83,22 +84,16 @@ enum Command {
 
 /// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
-    quiet_when_stdout_closes();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Status(_) | Command::Logs(_)) {
-        // Output-only commands often piped into `head`: end quietly there.
-        // Never for commands that write to sockets or pipes (QMP, the broker,
-        // xz): with the default disposition a peer closing early would kill us.
-        reset_sigpipe();
-    }
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`castra plan | head -1`): done.
+        Err(err) if out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let msg = format!("{err:#}");
-            if msg.starts_with("error") {
-                eprintln!("{msg}");
-            } else {
-                eprintln!("error: {msg}");
+            match err.downcast_ref::<ConfigError>() {
+                // Rendered as diagnostics, with their own `error:` lines.
+                Some(config) => eprintln!("{config}"),
+                None => eprintln!("error: {err:#}"),
             }
             ExitCode::from(EXIT_ERROR)
         }
@@ -136,7 +131,8 @@ pub fn load_project(explicit: Option<&Path>) -> Result<Project> {
             })?
         }
     };
-    let mut project = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Kept as its type: `main` prints it as the diagnostics it renders.
+    let mut project = config::load(&path)?;
     if let Ok(value) = std::env::var("CASTRA_ACCEL") {
         let choice: AccelChoice = value
             .parse()
@@ -146,38 +142,4 @@ pub fn load_project(explicit: Option<&Path>) -> Result<Project> {
         }
     }
     Ok(project)
-}
-
-/// Every command: output cut short by its reader (`castra plan | head -1`)
-/// ends the process quietly with status 0, instead of the standard library's
-/// "failed printing to stdout" panic. SIGPIPE stays ignored for commands that
-/// talk over sockets and pipes, so only stdout's own EPIPE gets here.
-fn quiet_when_stdout_closes() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if stdout_closed(msg) {
-            std::process::exit(0);
-        }
-        default(info);
-    }));
-}
-
-/// The panic `println!` raises when stdout's reader went away.
-fn stdout_closed(panic_message: &str) -> bool {
-    panic_message.starts_with("failed printing to stdout") && panic_message.contains("os error 32")
-}
-
-/// Writing into a closed pipe (`castra status | head`) ends quietly.
-fn reset_sigpipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: restoring the default disposition installs no handler code.
-    unsafe {
-        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
-    }
 }

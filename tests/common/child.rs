@@ -113,3 +113,18 @@ pub fn wait_until<T, O: std::fmt::Debug>(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Wait until process `pid` has exited: gone from /proc, or a zombie (its
+/// files, sockets and ports are released by then). A SIGKILLed process
+/// takes a moment to get there.
+pub fn wait_dead(pid: i64, within: Duration) {
+    wait_until(
+        &format!("process {pid} exits"),
+        within,
+        || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => Ok(()),
+            Ok(stat) if stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z')) => Ok(()),
+            Ok(stat) => Err(stat),
+        },
+    )
+}

@@ -10,7 +10,7 @@ pub mod child;
 pub mod ports;
 
 #[allow(unused_imports)]
-pub use child::{KillOnDrop, LineFeed, wait_until};
+pub use child::{KillOnDrop, LineFeed, wait_dead, wait_until};
 pub use ports::free_port;
 
 use std::path::{Path, PathBuf};

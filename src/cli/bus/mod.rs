@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::broker::frame::DEFAULT_FRAME_LIMIT;
 use crate::broker::host_client;
+use crate::cli::out::outln;
 use crate::config::Project;
 use crate::layout::StateLayout;
 
@@ -87,6 +88,6 @@ fn publish(args: &PublishArgs, layout: &StateLayout) -> Result<ExitCode> {
         args.id.clone().map(Value::String),
         DEFAULT_FRAME_LIMIT as usize,
     )?;
-    println!("{seq}");
+    outln!("{seq}")?;
     Ok(ExitCode::SUCCESS)
 }

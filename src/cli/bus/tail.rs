@@ -100,10 +100,8 @@ pub fn run(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
     let mut lines = reader.poll()?;
     let mut first = true;
     loop {
-        if print(args, since.as_ref(), &lines, first, &mut out).is_err() {
-            // stdout closed (`| head`): done, like a broken pipe.
-            return Ok(ExitCode::SUCCESS);
-        }
+        // A closed stdout (`| head`) ends the command in `main`, quietly.
+        print(args, since.as_ref(), &lines, first, &mut out)?;
         first = false;
         if !args.follow {
             return Ok(ExitCode::SUCCESS);
