@@ -20,7 +20,7 @@ pub fn run(args: &StatusArgs, project: &Project) -> Result<ExitCode> {
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        super::out::text(&status::table(&report))?;
+        super::out::text(&status::render::table(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }
