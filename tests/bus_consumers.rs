@@ -332,18 +332,36 @@ fn reconnection_under_load_gets_a_fresh_session_and_loses_no_acknowledged_publis
             let (vm, stop, acked) = (vm.clone(), stop.clone(), acked.clone());
             thread::spawn(move || {
                 let mut g = Guest::open(port, &vm);
-                let mut w = g.writer.try_clone().unwrap();
+                let w = Arc::new(Mutex::new(g.writer.try_clone().unwrap()));
+                // Heartbeats of their own: waiting for a durable ack on a
+                // loaded machine can outlast the 800 ms heartbeat timeout,
+                // which only r is meant to meet.
+                let done = Arc::new(AtomicBool::new(false));
+                let beat = {
+                    let (w, done) = (w.clone(), done.clone());
+                    thread::spawn(move || {
+                        while !done.load(Ordering::Relaxed) {
+                            let hb = encode(&json!({"type": "heartbeat"}));
+                            if w.lock().unwrap().write_all(&hb).is_err() {
+                                return;
+                            }
+                            thread::sleep(Duration::from_millis(200));
+                        }
+                    })
+                };
                 let (mut i, mut inflight) = (0u64, 0);
                 use std::io::Write;
                 loop {
                     while inflight < 4 && !stop.load(Ordering::Relaxed) {
                         let id = format!("{vm}-{i}");
                         let f = json!({"type": "publish", "topic": "load", "payload": i, "id": id});
-                        w.write_all(&encode(&f)).unwrap();
+                        w.lock().unwrap().write_all(&encode(&f)).unwrap();
                         i += 1;
                         inflight += 1;
                     }
                     if inflight == 0 {
+                        done.store(true, Ordering::Relaxed);
+                        beat.join().unwrap();
                         return;
                     }
                     let f = g.frame();
