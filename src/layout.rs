@@ -36,6 +36,7 @@ pub const MAX_SOCKET_PATH: usize = 107;
 
 pub const LOCK_FILE: &str = "lock";
 pub const EVENTS_FILE: &str = "events.jsonl";
+pub const PROJECT_INFO: &str = "project.json";
 pub const VMS_DIR: &str = "vms";
 pub const LAUNCH_RECORD: &str = "launch.json";
 pub const QEMU_PIDFILE: &str = "qemu.pid";
@@ -78,6 +79,10 @@ impl StateLayout {
     }
     pub fn events_file(&self) -> PathBuf {
         self.root.join(EVENTS_FILE)
+    }
+    /// `project.json`: the project's name, config and broker port (see `reconcile::holder`).
+    pub fn project_info(&self) -> PathBuf {
+        self.root.join(PROJECT_INFO)
     }
     pub fn vms_dir(&self) -> PathBuf {
         self.root.join(VMS_DIR)

@@ -17,12 +17,20 @@ fn init_writes_a_config_that_plans_two_starts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 
-    // A private broker port, so a real castra project on this host cannot interfere.
+    // init chose this project's own port block (17000..24999), free right now.
     let path = p.path().join("castra.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("# port = 7750"), "{text}");
-    let port = format!("port = {}", common::free_port());
-    std::fs::write(&path, text.replacen("# port = 7750", &port, 1)).unwrap();
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no [broker] port in {text}"));
+    assert!((17000..=24999).contains(&port), "{port}");
+    assert!(
+        text.contains(&format!("forwards = [\"{}:80\"]", port + 1)),
+        "{text}"
+    );
 
     let out = p.castra(&["plan"]);
     assert_eq!(
@@ -112,6 +120,13 @@ fn a_taken_host_port_is_caught_at_plan_time() {
     let err = stderr(&out);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("already in use"), "{err}");
+    // Who holds it (this test process) and where castra.toml asks for it.
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(err.contains("--> castra.toml:3:13"), "{err}");
+    assert!(err.contains("apply would refuse"), "{err}");
 }
 
 #[test]
@@ -171,4 +186,42 @@ fn output_cut_short_by_its_reader_ends_quietly() {
         );
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
+}
+
+#[test]
+fn the_original_castras_up_points_to_apply() {
+    let p = Project::new("");
+    let out = p.castra(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("run `castra apply`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_missing_launch_input_is_located_and_apply_changes_nothing() {
+    let p = Project::new(&format!(
+        "[broker]\nport = {}\n\n[[vms]]\nname = \"web\"\nimage = {{ kernel = \"boot/vmlinux\" }}\n",
+        common::free_port()
+    ));
+    let out = p.castra(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("image.kernel"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains("--> castra.toml:6:20"), "{err}");
+    let plan = p.json(&["plan", "--json"]);
+    assert_eq!(plan["problems"][0]["line"], 6, "{plan}");
+    let out = p.castra(&["apply"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing started: no broker pidfile, no VM directory.
+    assert!(!p.path().join(".castra/broker/broker.pid").exists());
+    assert!(!p.path().join(".castra/vms/web").exists());
 }

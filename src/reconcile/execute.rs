@@ -34,6 +34,19 @@ pub const TOKEN_FW_CFG: &str = "opt/castra/token";
 /// The kernel command line of a kernel + root disk image that sets none.
 pub const DISK_ROOT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 
+/// Test seam, read only by tests: when set to a VM's name, the replacement
+/// launch of that VM's restart gets an argument QEMU refuses, so the new
+/// spec fails after the old VM stopped (and apply must roll back).
+pub const TEST_BREAK_RESTART_ENV: &str = "CASTRA_TEST_BREAK_RESTART";
+
+/// How a launch came about: a restart's replacement can be broken by the test seam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    Fresh,
+    Replacement,
+    Rollback,
+}
+
 /// How long a freshly daemonized QEMU may take to answer `query-status` with `running`.
 pub const RUNNING_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -100,17 +113,18 @@ impl<'a> Executor<'a> {
         let want = desired.iter().find(|d| d.spec.name == vm);
         let result: Result<String, String> = match step {
             Step::Stop { .. } => self.stop(vm, seen).map(|o| stage_detail(&o)),
-            Step::Start { .. } | Step::Restart { .. } => {
-                let stopped = match (step, seen) {
-                    (Step::Restart { .. }, Some(seen)) => self.stop(vm, Some(seen)).map(|_| ()),
-                    _ => Ok(()),
-                };
-                match (stopped, want) {
-                    (Err(e), _) => Err(e),
-                    (Ok(()), None) => Err("not in castra.toml".into()),
-                    (Ok(()), Some(want)) => self.start(want, seen).map(|pid| format!("pid {pid}")),
+            Step::Start { .. } => match want {
+                None => Err("not in castra.toml".into()),
+                Some(want) => {
+                    let previous = seen.and_then(|s| s.record.as_ref()).map(|r| &r.spec.image);
+                    self.start(want, previous, Launch::Fresh)
+                        .map(|pid| format!("pid {pid}"))
                 }
-            }
+            },
+            Step::Restart { .. } => match want {
+                None => Err("not in castra.toml".into()),
+                Some(want) => self.restart(want, seen),
+            },
         };
         let (ok, detail) = match result {
             Ok(d) => (true, d),
@@ -125,14 +139,56 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// Stop the VM, start it on its new spec; if that fails, start it again
+    /// on the spec it ran (from its launch record) and say `rolled back`.
+    fn restart(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<String, String> {
+        let vm = want.spec.name.as_str();
+        let record = seen.and_then(|s| s.record.clone());
+        self.stop(vm, seen)?;
+        let previous = record.as_ref().map(|r| &r.spec.image);
+        let error = match self.start(want, previous, Launch::Replacement) {
+            Ok(pid) => return Ok(format!("pid {pid}")),
+            Err(e) => e,
+        };
+        let Some(rec) = record else {
+            return Err(error);
+        };
+        let old = DesiredVm {
+            spec: rec.spec,
+            image_id: rec.image_id,
+            fingerprint: rec.fingerprint,
+        };
+        match self.start(&old, Some(&want.spec.image), Launch::Rollback) {
+            Ok(pid) => {
+                self.reporter.emit(Event::VmRolledBack {
+                    vm: vm.into(),
+                    error: error.clone(),
+                    pid,
+                });
+                Err(format!(
+                    "rolled back: the new spec failed to start ({error}); {vm} runs its previous spec again (pid {pid})"
+                ))
+            }
+            Err(again) => Err(format!(
+                "{error}; rolling back to the previous spec failed too: {again}"
+            )),
+        }
+    }
+
     /// Start one VM and wait until QEMU reports it running. Returns its pid.
-    pub fn start(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<i32, String> {
+    /// `previous`: the image the VM last ran on (its overlay may be reused).
+    fn start(
+        &self,
+        want: &DesiredVm,
+        previous: Option<&ImageSpec>,
+        launch: Launch,
+    ) -> Result<i32, String> {
         let t0 = Instant::now();
         let spec = &want.spec;
         let vm = spec.name.as_str();
         let paths = self.layout.vm(vm);
         self.reporter.emit(Event::VmStarting { vm: vm.into() });
-        let res = self.start_inner(want, seen, &paths, t0);
+        let res = self.start_inner(want, previous, launch, &paths, t0);
         if let Err(error) = &res {
             self.reporter.emit(Event::VmStartFailed {
                 vm: vm.into(),
@@ -145,7 +201,8 @@ impl<'a> Executor<'a> {
     fn start_inner(
         &self,
         want: &DesiredVm,
-        seen: Option<&ObservedVm>,
+        previous_image: Option<&ImageSpec>,
+        launch: Launch,
         paths: &VmPaths,
         t0: Instant,
     ) -> Result<i32, String> {
@@ -153,7 +210,6 @@ impl<'a> Executor<'a> {
         let vm = spec.name.as_str();
         create_private_dir(&paths.dir)?;
         check_socket_path(vm, &paths.qmp_socket())?;
-        let previous_image = seen.and_then(|s| s.record.as_ref()).map(|r| &r.spec.image);
         let (boot, probe_kernel) = self.boot_image(vm, &spec.image, previous_image, paths)?;
         let decision = self.accel(spec.accel, probe_kernel.as_deref());
 
@@ -193,7 +249,7 @@ impl<'a> Executor<'a> {
                 paths.shares(),
             ));
         }
-        let args = argv::build(&argv::LaunchInputs {
+        let mut args = argv::build(&argv::LaunchInputs {
             spec,
             boot: &boot,
             accel: decision.accel,
@@ -201,6 +257,11 @@ impl<'a> Executor<'a> {
             fw_cfg: &fw_cfg,
             extra_cmdline: &extra,
         });
+        let broken = launch == Launch::Replacement
+            && std::env::var(TEST_BREAK_RESTART_ENV).is_ok_and(|v| v == vm);
+        if broken {
+            args.push("-castra-test-break-restart".into());
+        }
         let identity = process::launch(&qemu_binary(), &args, paths).map_err(|e| e.to_string())?;
         let rec = LaunchRecord {
             spec: spec.clone(),

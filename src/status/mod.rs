@@ -236,8 +236,9 @@ fn vm_status(o: &ObservedVm, declared: Option<&VmSpec>, guests: &Guests) -> VmSt
         }),
         last_handshake_age_ms: entry.and_then(|e| age_ms(e.last_handshake_ms, now_ms)),
         last_heartbeat_age_ms: entry.and_then(|e| age_ms(e.last_heartbeat_ms, now_ms)),
-        sessions: entry.map(|e| e.sessions).unwrap_or(0),
-        bus_subscribed: guests.broker_up && entry.is_some_and(|e| e.bus_subscribed),
+        // A stopped VM holds no session, whatever the broker has not noticed yet.
+        sessions: entry.filter(|_| running).map(|e| e.sessions).unwrap_or(0),
+        bus_subscribed: guests.broker_up && running && entry.is_some_and(|e| e.bus_subscribed),
         last_publish_age_ms: entry.and_then(|e| age_ms(e.last_publish_ms, now_ms)),
         bootstrap: None,
     }
