@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use crate::qemu::shutdown::{self, ShutdownEvent, ShutdownOutcome, Stage};
 use crate::qemu::{Accel, BootImage, argv, guest_clock, qemu_binary};
 
 use super::desired::DesiredVm;
+use super::overlay::{must_exist, overlay_over};
 use super::observe::{Observed, ObservedVm};
 use super::plan::{Plan, Step};
 use super::record::{self, LaunchRecord};
@@ -531,46 +531,6 @@ fn wait_running(vm: &str, socket: &Path, timeout: Duration, paths: &VmPaths) -> 
     ))
 }
 
-fn must_exist(vm: &str, key: &str, path: &Path) -> Result<(), String> {
-    if path.exists() {
-        Ok(())
-    } else {
-        Err(format!(
-            "vm {vm:?}: {key} {} does not exist; fix the path in castra.toml",
-            path.display()
-        ))
-    }
-}
-
-/// The VM's copy-on-write overlay over `base` (made if missing; remade
-/// when the previous launch had another base disk, or none).
-fn overlay_over(
-    vm: &str,
-    base: &Path,
-    previous: Option<&ImageSpec>,
-    paths: &VmPaths,
-) -> Result<PathBuf, String> {
-    must_exist(vm, "image.disk", base)?;
-    let overlay = paths.overlay();
-    if previous.is_some_and(|p| disk_base(p) != Some(base)) {
-        // The base changed: the old overlay belongs to another disk.
-        remove_if_exists(&overlay);
-    }
-    if !overlay.exists() {
-        create_overlay(base, &overlay)?;
-    }
-    Ok(overlay)
-}
-
-/// The base disk an image runs on, if any.
-fn disk_base(image: &ImageSpec) -> Option<&Path> {
-    match image {
-        ImageSpec::Default => None,
-        ImageSpec::Kernel { disk, .. } => disk.as_deref(),
-        ImageSpec::Disk { path } => Some(path),
-    }
-}
-
 /// Each share's host directory must exist (checked at start, like kernels and disks).
 fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), String> {
     for s in shares {
@@ -583,25 +543,6 @@ fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), String>
         }
     }
     Ok(())
-}
-
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(base)
-        .arg(overlay)
-        .output()
-        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "qemu-img could not create overlay {} over {}: {}",
-            overlay.display(),
-            base.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 fn check_socket_path(vm: &str, socket: &Path) -> Result<(), String> {

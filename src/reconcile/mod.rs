@@ -12,6 +12,7 @@ pub mod execute;
 pub mod holder;
 pub mod lock;
 pub mod observe;
+mod overlay;
 pub mod plan;
 pub mod ports;
 pub mod preflight;
