@@ -9,8 +9,20 @@ use common::{Project, stderr, stdout, vm};
 fn init_writes_a_config_that_plans_two_starts() {
     let p = Project::new("");
     std::fs::remove_file(p.path().join("castra.toml")).unwrap();
-    let out = p.castra(&["init"]);
+    // With no image built, init says to build it first.
+    let empty_cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::castra_bin())
+        .arg("init")
+        .current_dir(p.path())
+        .env("CASTRA_CACHE_DIR", empty_cache.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("next: `castra image build` (once)"),
+        "{}",
+        stdout(&out)
+    );
     assert!(p.path().join("castra.toml").exists());
     // A second init refuses to overwrite.
     let out = p.castra(&["init"]);

@@ -20,6 +20,12 @@ fn ensure_image() {
 fn init(p: &Project) {
     let out = p.castra(&["init", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The image is built (ensure_image): init does not ask to build it again.
+    assert!(
+        stdout(&out).contains("the default image is built"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 fn broker_port(p: &Project) -> u16 {

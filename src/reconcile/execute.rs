@@ -21,8 +21,8 @@ use crate::qemu::shutdown::{self, ShutdownEvent, ShutdownOutcome, Stage};
 use crate::qemu::{Accel, BootImage, argv, guest_clock, qemu_binary};
 
 use super::desired::DesiredVm;
-use super::overlay::{must_exist, overlay_over};
 use super::observe::{Observed, ObservedVm};
+use super::overlay::{must_exist, overlay_over};
 use super::plan::{Plan, Step};
 use super::record::{self, LaunchRecord};
 use super::secret;
@@ -238,6 +238,20 @@ impl<'a> Executor<'a> {
         // A fresh secret per launch, handed over by file (never on the command line).
         secret::write_new_token(&paths.token())?;
         let mut fw_cfg = vec![(TOKEN_FW_CFG.to_string(), paths.token())];
+        // Name and broker port for guests that get no castra command line.
+        let port = self.project.broker.port.to_string();
+        for (name, file, text) in [
+            (crate::agent::boot::FW_CFG_VM, paths.fw_name(), vm),
+            (
+                crate::agent::boot::FW_CFG_BROKER_PORT,
+                paths.fw_broker_port(),
+                &port,
+            ),
+        ] {
+            crate::fsutil::write_atomic(&file, text.as_bytes())
+                .map_err(|e| format!("vm {vm:?}: cannot write {}: {e}", file.display()))?;
+            fw_cfg.push((name.to_string(), file));
+        }
         if !spec.shares.is_empty() {
             check_shares(vm, &spec.shares)?;
             let table = crate::agent::shares::render(&spec.shares);

@@ -68,4 +68,3 @@ fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {
         ))
     }
 }
-
