@@ -237,3 +237,46 @@ fn a_missing_launch_input_is_located_and_apply_changes_nothing() {
     assert!(!p.path().join(".castra/broker/broker.pid").exists());
     assert!(!p.path().join(".castra/vms/web").exists());
 }
+
+#[test]
+fn image_prune_removes_old_builds_but_never_one_in_use() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = cache.path();
+    for key in ["aaa", "bbb", "ccc"] {
+        std::fs::create_dir_all(root.join("images").join(key)).unwrap();
+        std::fs::write(root.join("images").join(key).join("vmlinux"), [7u8; 10_000]).unwrap();
+    }
+    std::fs::write(root.join("images/current"), "ccc\n").unwrap();
+    // A running process whose command line names build "aaa" (as a QEMU would).
+    let kernel = root.join("images/aaa/vmlinux");
+    let mut holder = std::process::Command::new("sh")
+        .args(["-c", "read line"])
+        .arg(&kernel)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prune = |args: &[&str]| {
+        let out = std::process::Command::new(common::castra_bin())
+            .args(["image", "prune"])
+            .args(args)
+            .env("CASTRA_CACHE_DIR", root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dry = prune(&["--dry-run", "--json"]);
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
+    assert!(dry["removed"][0]["path"].as_str().unwrap().ends_with("images/bbb"));
+    assert!(root.join("images/bbb").exists(), "a dry run removed something");
+    let done = prune(&["--json"]);
+    assert!(done["reclaimed_bytes"].as_u64().unwrap() >= 10_000, "{done}");
+    assert!(!root.join("images/bbb").exists());
+    assert!(kernel.exists() && root.join("images/ccc/vmlinux").exists());
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    // Nothing runs on "aaa" any more: now it goes too.
+    let again = prune(&["--json"]);
+    assert_eq!(again["removed"].as_array().unwrap().len(), 1, "{again}");
+    assert!(!kernel.exists());
+}
