@@ -46,6 +46,9 @@ pub enum Event {
     },
     /// A VM failed to stop.
     VmStopFailed { vm: String, error: String },
+    /// A restart's new spec failed after the old VM stopped; the VM was
+    /// started again on the spec it ran before (`error`: why the new one failed).
+    VmRolledBack { vm: String, error: String, pid: i32 },
     /// Fresh observe after execute found nothing left to do.
     Converged { vms: usize },
     /// Fresh observe after execute still found work: not converged.
@@ -114,7 +117,12 @@ impl Event {
                 fmt_ms(*elapsed)
             ),
             Event::VmStopFailed { vm, error } => format!("{vm}: failed to stop: {error}"),
-            Event::Converged { vms } => format!("converged: {vms} VM(s) as declared"),
+            Event::VmRolledBack { vm, error, pid } => format!(
+                "{vm}: rolled back: the new spec failed ({error}); running the previous spec again (pid {pid})"
+            ),
+            Event::Converged { vms } => format!(
+                "launched as declared: {vms} VM(s) match castra.toml (QEMU running; guests may still be booting)"
+            ),
             Event::NotConverged { pending } => {
                 format!("not converged; still pending: {}", pending.join(", "))
             }

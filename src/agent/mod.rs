@@ -90,11 +90,11 @@ pub fn config_from(
         i += 2;
     }
     let cmdline = flag("--cmdline")?.unwrap_or_else(|| boot::CMDLINE.into());
-    let boot = boot::read_cmdline(cmdline.as_ref());
+    let boot = boot::read_params(cmdline.as_ref(), boot::FW_CFG_DIR.as_ref());
     let vm = flag("--vm")?
         .or_else(|| env("CASTRA_AGENT_VM"))
         .or(boot.vm)
-        .ok_or("no VM name: castra.vm= is not on the kernel command line (or pass --vm)")?;
+        .ok_or("no VM name: castra.vm= is not on the kernel command line nor opt/castra/vm in fw_cfg (or pass --vm)")?;
     if !valid_vm_name(&vm) {
         return Err(format!("invalid VM name {vm:?}"));
     }

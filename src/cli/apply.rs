@@ -60,29 +60,66 @@ pub struct DownArgs {
 }
 
 pub fn plan(args: &PlanArgs, project: &Project) -> Result<ExitCode> {
-    Ok(if show_plan(project, args.json)? {
-        ExitCode::from(EXIT_CHANGES_PENDING)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match show_plan(project, args.json)? {
+        Shown::Problems => ExitCode::from(EXIT_ERROR),
+        Shown::Changes => ExitCode::from(EXIT_CHANGES_PENDING),
+        Shown::NoChanges => ExitCode::SUCCESS,
     })
 }
 
-/// Print the plan (VM steps and pending bootstraps); true when it has any.
-fn show_plan(project: &Project, json: bool) -> Result<bool> {
-    let (plan, _, observed) = reconcile::plan_only(project)?;
-    let pending = reconcile::bootstrap_plan(project, &plan, &observed);
+enum Shown {
+    NoChanges,
+    Changes,
+    /// Launch inputs are missing or ports taken: apply would refuse.
+    Problems,
+}
+
+/// Print the plan (VM steps and pending bootstraps) and any preflight problem.
+fn show_plan(project: &Project, json: bool) -> io::Result<Shown> {
+    let planned = reconcile::plan_only(project);
+    let plan = &planned.plan;
+    let pending = reconcile::bootstrap_plan(project, plan, &planned.observed);
     if json {
-        outln!("{}", plan_json(&plan, &pending))?;
+        let mut v = plan_json(plan, &pending);
+        v["problems"] = planned
+            .preflight
+            .problems
+            .iter()
+            .map(problem_json)
+            .collect();
+        outln!("{v}")?;
     } else {
-        print_plan(&plan, &pending)?;
+        print_plan(plan, &pending)?;
     }
-    Ok(!plan.is_empty() || !pending.is_empty())
+    if !planned.preflight.is_empty() {
+        eprintln!(
+            "{}\n\napply would refuse: it changes nothing until these are fixed",
+            planned.preflight
+        );
+        Ok(Shown::Problems)
+    } else if !plan.is_empty() || !pending.is_empty() {
+        Ok(Shown::Changes)
+    } else {
+        Ok(Shown::NoChanges)
+    }
+}
+
+fn problem_json(d: &crate::config::Diagnostic) -> serde_json::Value {
+    json!({
+        "message": d.message,
+        "line": d.location.as_ref().map(|l| l.line),
+        "column": d.location.as_ref().map(|l| l.column),
+        "help": d.help,
+        "notes": d.notes,
+    })
 }
 
 pub fn apply(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     if args.dry_run {
-        show_plan(project, args.json)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(match show_plan(project, args.json)? {
+            Shown::Problems => ExitCode::from(EXIT_ERROR),
+            Shown::Changes | Shown::NoChanges => ExitCode::SUCCESS,
+        });
     }
     if args.watch {
         return watch_loop(args, project);
@@ -116,10 +153,13 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
             }
         },
     )?;
+    let unreachable = not_reachable(project);
     if args.json {
-        outln!("{}", outcome_json(&outcome))?;
+        let mut v = outcome_json(&outcome);
+        v["not_reachable"] = json!(unreachable);
+        outln!("{v}")?;
     } else {
-        print_outcome(&outcome)?;
+        print_outcome(&outcome, &unreachable)?;
     }
     Ok(if outcome.ok() {
         ExitCode::SUCCESS
@@ -136,7 +176,38 @@ fn print_plan(plan: &Plan, pending: &[Pending]) -> io::Result<()> {
     Ok(())
 }
 
-fn print_outcome(outcome: &ApplyOutcome) -> io::Result<()> {
+/// Running VMs whose guest has not proved it is up (from the broker's state file).
+fn not_reachable(project: &Project) -> Vec<String> {
+    crate::status::collect(project)
+        .vms
+        .into_iter()
+        .filter(|v| v.state == "running" && !v.reachable)
+        .map(|v| v.name)
+        .collect()
+}
+
+/// What a finished apply reports: QEMU runs every VM as declared; whether
+/// the guests answer yet is a separate fact, said separately.
+fn converged_words(outcome: &ApplyOutcome, unreachable: &[String]) -> String {
+    let launched = outcome.plan.unchanged.len()
+        + outcome
+            .plan
+            .steps
+            .iter()
+            .filter(|s| s.action() != "stop")
+            .count();
+    let guests = if unreachable.is_empty() {
+        "every guest is reachable".to_string()
+    } else {
+        format!(
+            "guests not reachable yet: {} (still booting; `castra status` shows REACHABLE when they answer)",
+            unreachable.join(", ")
+        )
+    };
+    format!("{launched} VM(s) running in QEMU as declared; {guests}")
+}
+
+fn print_outcome(outcome: &ApplyOutcome, unreachable: &[String]) -> io::Result<()> {
     for b in &outcome.bootstraps {
         if b.ok {
             outln!(
@@ -174,8 +245,9 @@ fn print_outcome(outcome: &ApplyOutcome) -> io::Result<()> {
     }
     if outcome.converged() {
         outln!(
-            "applied in {}: converged",
-            fmt_ms(outcome.elapsed.as_millis() as u64)
+            "applied in {}: {}",
+            fmt_ms(outcome.elapsed.as_millis() as u64),
+            converged_words(outcome, unreachable)
         )?;
     } else {
         outln!(

@@ -68,6 +68,12 @@ enum Command {
     /// Run the host broker in the foreground (started by `apply`; not for direct use).
     #[command(hide = true)]
     Broker(broker::BrokerArgs),
+    /// The original castra's `up`: says to use `apply`.
+    #[command(hide = true)]
+    Up {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Entry point used by `src/main.rs`.
@@ -101,5 +107,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Image(args) => image::run(args),
         Command::Bus(args) => bus::run(args, &load_project(config)?),
         Command::Broker(args) => broker::run(args),
+        Command::Up { .. } => anyhow::bail!(
+            "`castra up` is the original castra's command: run `castra apply` (it starts what castra.toml declares and stops what it no longer does; `castra plan` first shows what it would do)"
+        ),
     }
 }

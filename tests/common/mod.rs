@@ -11,6 +11,7 @@ pub mod ports;
 
 #[allow(unused_imports)]
 pub use child::{KillOnDrop, LineFeed, wait_dead, wait_until};
+#[allow(unused_imports)]
 pub use ports::free_port;
 
 use std::path::{Path, PathBuf};
