@@ -20,6 +20,7 @@ pub mod recorder;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod stream;
 pub mod token;
 pub mod topic;
 

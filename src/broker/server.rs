@@ -202,6 +202,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         bus_log: log_tx,
         next_key: AtomicU64::new(1),
         tasks: tasks.clone(),
+        streams: Default::default(),
     });
     ctx.spawn(hub::run(hub, hub_rx, ctx.recorder.clone()))
         .detach();
@@ -317,6 +318,8 @@ pub(super) struct Ctx {
     /// also waits on the sockets (`run`): a socket's readiness then runs its
     /// task without waking another thread.
     pub(super) tasks: Arc<smol::Executor<'static>>,
+    /// Agents that serve streams, and streams waiting for their agent.
+    pub(super) streams: super::stream::registry::Registry,
 }
 
 impl Ctx {
