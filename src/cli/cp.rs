@@ -156,7 +156,7 @@ fn put(
     let remote = verdict
         .join()
         .unwrap_or_else(|_| Err("internal error".into()));
-    remote.map_err(|m| (format!("{vm}:{path}: {m}"), 1))
+    remote.map_err(|m| (format!("vm {vm}: {m}"), 1))
 }
 
 /// Guest -> host.
@@ -191,7 +191,7 @@ fn get(
                 Some(Control::Total { bytes }) => progress.total = bytes,
                 Some(Control::Exit { code: 0, .. }) if complete => break Ok(()),
                 Some(Control::Error { message, .. }) => {
-                    break Err((format!("{vm}:{path}: {message}"), 1));
+                    break Err((format!("vm {vm}: {message}"), 1));
                 }
                 Some(msg) => match receiver.control(msg) {
                     Ok(done) => complete |= done,

@@ -206,13 +206,16 @@ pub(crate) fn waiter(
     let socket = stream.socket.try_clone()?;
     Ok(std::thread::spawn(move || {
         let status = child.wait();
+        // After a forwarded signal, what is left of the group goes too (a
+        // background child of a shell ignores SIGINT, and would hold the
+        // output pipes open).
+        if flags.signalled.load(Ordering::SeqCst) {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
         for p in pumps {
             let _ = p.join();
         }
         flags.finished.store(true, Ordering::SeqCst);
-        if flags.signalled.load(Ordering::SeqCst) {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
         let msg = match status {
             Ok(_) if flags.timed_out.load(Ordering::SeqCst) => Control::Exit {
                 code: EXIT_TIMEOUT,
