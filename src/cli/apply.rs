@@ -1,6 +1,7 @@
 //! `castra plan`, `castra apply [--dry-run] [--watch]` and `castra down`: render
 //! what the reconcile layer computed and did.
 
+use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use crate::reconcile::execute::StepResult;
 use crate::reconcile::plan::Plan;
 use crate::reconcile::watch::{self, WATCH_DEPTH};
 
-use super::{EXIT_CHANGES_PENDING, EXIT_ERROR, load_project};
+use super::exit::{EXIT_CHANGES_PENDING, EXIT_ERROR};
+use super::out::outln;
+use super::project::load_project;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -76,9 +79,9 @@ fn show_plan(project: &Project, json: bool) -> Result<bool> {
     let (plan, _, observed) = reconcile::plan_only(project)?;
     let pending = reconcile::bootstrap_plan(project, &plan, &observed);
     if json {
-        println!("{}", plan_json(&plan, &pending));
+        outln!("{}", plan_json(&plan, &pending))?;
     } else {
-        print_plan(&plan, &pending);
+        print_plan(&plan, &pending)?;
     }
     Ok(!plan.is_empty() || !pending.is_empty())
 }
@@ -108,20 +111,22 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
         &reporter,
         args.bootstrap_timeout,
         &mut |plan, pending| {
+            // A reader gone mid-apply does not stop the apply; the summary
+            // below meets the closed pipe and ends quietly.
             if !json && !plan.is_empty() {
-                println!("{plan}");
+                let _ = outln!("{plan}");
             }
             if !json {
                 for p in pending {
-                    println!("{p}");
+                    let _ = outln!("{p}");
                 }
             }
         },
     )?;
     if args.json {
-        println!("{}", outcome_json(&outcome));
+        outln!("{}", outcome_json(&outcome))?;
     } else {
-        print_outcome(&outcome);
+        print_outcome(&outcome)?;
     }
     if !outcome.ok() {
         return Ok(ExitCode::from(EXIT_ERROR));
@@ -148,21 +153,22 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plan(plan: &Plan, pending: &[Pending]) {
-    println!("{plan}");
+fn print_plan(plan: &Plan, pending: &[Pending]) -> io::Result<()> {
+    outln!("{plan}")?;
     for p in pending {
-        println!("{p}");
+        outln!("{p}")?;
     }
+    Ok(())
 }
 
-fn print_outcome(outcome: &ApplyOutcome) {
+fn print_outcome(outcome: &ApplyOutcome) -> io::Result<()> {
     for b in &outcome.bootstraps {
         if b.ok {
-            println!(
+            outln!(
                 "bootstrap {}: ok in {}",
                 b.vm,
                 fmt_ms(b.elapsed.as_millis() as u64)
-            );
+            )?;
         } else if b.log.as_os_str().is_empty() {
             eprintln!("bootstrap {}: FAILED: {}", b.vm, b.detail);
         } else {
@@ -176,35 +182,36 @@ fn print_outcome(outcome: &ApplyOutcome) {
     }
     if outcome.plan.is_empty() {
         if outcome.bootstraps.is_empty() {
-            println!(
+            outln!(
                 "nothing to do: {} VM(s) already as declared (no-op)",
                 outcome.plan.unchanged.len()
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "no VM changes: {} VM(s) already as declared",
                 outcome.plan.unchanged.len()
-            );
+            )?;
         }
-        return;
+        return Ok(());
     }
     for r in outcome.results.iter().filter(|r| !r.ok) {
         eprintln!("{}: {} failed: {}", r.vm, r.action, r.detail);
     }
     if outcome.converged() {
-        println!(
+        outln!(
             "applied in {}: converged",
             fmt_ms(outcome.elapsed.as_millis() as u64)
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "applied in {}: NOT converged; still pending:",
             fmt_ms(outcome.elapsed.as_millis() as u64)
-        );
+        )?;
         for s in &outcome.remaining.steps {
-            println!("  {s}");
+            outln!("  {s}")?;
         }
     }
+    Ok(())
 }
 
 fn watch_loop(args: &ApplyArgs, first: &Project) -> Result<ExitCode> {
@@ -220,11 +227,10 @@ fn watch_loop(args: &ApplyArgs, first: &Project) -> Result<ExitCode> {
             .filter(|o| o.state.word() == "running")
             .map(|o| o.name.clone())
             .collect();
-        eprintln!(
-            "watching {} and {} VM(s); Ctrl-C to stop watching (VMs keep running)",
-            config_path.display(),
-            running.len()
-        );
+        reporter(&project, args.json).emit(Event::Watching {
+            config: config_path.display().to_string(),
+            vms: running.clone(),
+        });
         let p = project.clone();
         let trigger = watch::wait_for_trigger(&config_path, &running, &mut || {
             observe_project(&p, WATCH_DEPTH)
@@ -249,21 +255,21 @@ pub fn down(args: &DownArgs, project: &Project) -> Result<ExitCode> {
     let results = reconcile::down(project, &reporter, &args.vms)?;
     let ok = results.iter().all(|r| r.ok);
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({ "results": results.iter().map(result_json).collect::<Vec<_>>(), "ok": ok })
-        );
+        )?;
     } else if results.is_empty() {
-        println!("nothing to stop: no VM of {} is running", project.name);
+        outln!("nothing to stop: no VM of {} is running", project.name)?;
     } else {
         for r in &results {
             let verdict = if r.ok { "" } else { "FAILED: " };
-            println!(
+            outln!(
                 "{}: {verdict}{} in {}",
                 r.vm,
                 r.detail,
                 fmt_ms(r.elapsed.as_millis() as u64)
-            );
+            )?;
         }
     }
     Ok(if ok {

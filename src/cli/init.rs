@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
+use crate::cli::out::outln;
 use crate::config::{CONFIG_FILE_NAME, INIT_TEMPLATE};
 
 #[derive(clap::Args, Debug)]
@@ -32,7 +33,7 @@ pub fn run(args: &InitArgs, config: Option<&Path>) -> Result<ExitCode> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&path, INIT_TEMPLATE)?;
-    println!("wrote {}", path.display());
-    println!("next: `castra image build` (once), then `castra plan` and `castra apply`");
+    outln!("wrote {}", path.display())?;
+    outln!("next: `castra image build` (once), then `castra plan` and `castra apply`")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -23,11 +23,11 @@ use async_net::unix::UnixStream;
 use futures_lite::{AsyncWriteExt, FutureExt};
 use smol::Timer;
 
+use super::context::Ctx;
 use super::events::Event;
 use super::frame;
 use super::hello;
-use super::recorder::log;
-use super::server::Ctx;
+use super::stamp::log;
 use super::token::{TokenLookup, tokens_match};
 use wire::{Refusal, StreamOpen, StreamRequest};
 

@@ -14,7 +14,7 @@ use async_net::unix::UnixStream;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use smol::Timer;
 
-use super::super::server::FINAL_GRACE;
+use super::super::context::FINAL_GRACE;
 use super::wire::{Control, Scanner};
 
 const CHUNK: usize = 64 * 1024;
