@@ -10,6 +10,7 @@ pub mod boot;
 pub mod bootstrap;
 pub mod bus;
 pub mod client;
+pub mod exec;
 pub mod shares;
 
 use std::collections::hash_map::RandomState;
@@ -264,7 +265,11 @@ pub fn run(config: &AgentConfig) -> ExitCode {
     let mut backoff = Backoff::default();
     let bootstraps = bootstrap::Bootstraps::default();
     loop {
-        let target = target(config);
+        let mut target = target(config);
+        target
+            .hello
+            .capabilities
+            .push(crate::broker::stream::wire::CAP_EXEC_V1.to_owned());
         if target.hello.token.is_none() {
             log.say(
                 "no-token",
@@ -287,6 +292,7 @@ pub fn run(config: &AgentConfig) -> ExitCode {
             &mut |topic, from, payload| {
                 bootstraps.handle(&target, topic, from, payload);
             },
+            &mut |id| exec::open(&target, id),
         );
         if opened {
             backoff.reset();

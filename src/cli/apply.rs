@@ -44,6 +44,13 @@ pub struct ApplyArgs {
     /// `timeout` plus a minute). apply exits 1 when a bootstrap fails or times out.
     #[arg(long, value_parser = parse_wait)]
     bootstrap_timeout: Option<Duration>,
+    /// Once converged, wait until every VM is reachable (and its bootstrap,
+    /// if it has one, finished), so `castra exec` works at once.
+    #[arg(long, conflicts_with_all = ["dry_run", "watch"])]
+    wait: bool,
+    /// How long `--wait` waits (default 5m).
+    #[arg(long, value_parser = parse_wait, requires = "wait", value_name = "DUR")]
+    wait_timeout: Option<Duration>,
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
@@ -161,11 +168,29 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     } else {
         print_outcome(&outcome, &unreachable)?;
     }
-    Ok(if outcome.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_ERROR)
-    })
+    if !outcome.ok() {
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    if args.wait {
+        let names: Vec<String> = project.vms.iter().map(|v| v.name.clone()).collect();
+        let timeout = args.wait_timeout.unwrap_or(Duration::from_secs(300));
+        match super::wait::wait_for(project, &names, super::wait::For::Bootstrap, timeout) {
+            Ok(took) => {
+                if !json {
+                    println!(
+                        "ready: {} ({})",
+                        names.join(", "),
+                        fmt_ms(took.as_millis() as u64)
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_plan(plan: &Plan, pending: &[Pending]) -> io::Result<()> {

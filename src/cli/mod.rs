@@ -6,13 +6,18 @@ mod apply;
 pub mod broker;
 pub mod bus;
 mod clean;
+mod cp;
+mod exec;
 pub mod exit;
 pub mod image;
 mod init;
 mod logs;
 pub(crate) mod out;
 pub mod project;
+mod shell;
 mod status;
+pub mod stream;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +70,14 @@ enum Command {
     Image(image::ImageArgs),
     /// Publish to the bus (durable ack), subscribe as a host consumer, or tail its log.
     Bus(bus::BusArgs),
+    /// Run a command in guests over the broker (no SSH): `castra exec web -- uname -a`.
+    Exec(exec::ExecArgs),
+    /// An interactive shell (a terminal) in a guest.
+    Shell(shell::ShellArgs),
+    /// Copy files or directories into or out of a guest: `castra cp [-r] SRC web:/path`.
+    Cp(cp::CpArgs),
+    /// Wait until VMs are reachable (or their bootstrap finished).
+    Wait(wait::WaitArgs),
     /// Run the host broker in the foreground (started by `apply`; not for direct use).
     #[command(hide = true)]
     Broker(broker::BrokerArgs),
@@ -94,6 +107,11 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Parse a duration flag (`30s`, `5m`).
+pub(crate) fn apply_parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = cli.config.as_deref();
     match &cli.command {
@@ -106,6 +124,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Clean(args) => clean::run(args, &load_project(config)?),
         Command::Image(args) => image::run(args),
         Command::Bus(args) => bus::run(args, &load_project(config)?),
+        Command::Exec(args) => exec::run(args, &load_project(config)?),
+        Command::Shell(args) => shell::run(args, &load_project(config)?),
+        Command::Cp(args) => cp::run(args, &load_project(config)?),
+        Command::Wait(args) => wait::run(args, &load_project(config)?),
         Command::Broker(args) => broker::run(args),
         Command::Up { .. } => anyhow::bail!(
             "`castra up` is the original castra's command: run `castra apply` (it starts what castra.toml declares and stops what it no longer does; `castra plan` first shows what it would do)"
