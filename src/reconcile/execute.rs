@@ -26,6 +26,7 @@ use super::observe::{Observed, ObservedVm};
 use super::plan::{Plan, Step};
 use super::record::{self, LaunchRecord};
 use super::secret;
+use super::step_error::StepError;
 
 /// The fw_cfg name the guest reads its token from
 /// (`/sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw`).
@@ -98,7 +99,7 @@ impl<'a> Executor<'a> {
         let vm = step.vm();
         let seen = observed.get(vm);
         let want = desired.iter().find(|d| d.spec.name == vm);
-        let result: Result<String, String> = match step {
+        let result: Result<String, StepError> = match step {
             Step::Stop { .. } => self.stop(vm, seen).map(|o| stage_detail(&o)),
             Step::Start { .. } | Step::Restart { .. } => {
                 let stopped = match (step, seen) {
@@ -107,14 +108,14 @@ impl<'a> Executor<'a> {
                 };
                 match (stopped, want) {
                     (Err(e), _) => Err(e),
-                    (Ok(()), None) => Err("not in castra.toml".into()),
+                    (Ok(()), None) => Err(StepError::NotDeclared),
                     (Ok(()), Some(want)) => self.start(want, seen).map(|pid| format!("pid {pid}")),
                 }
             }
         };
         let (ok, detail) = match result {
             Ok(d) => (true, d),
-            Err(e) => (false, e),
+            Err(e) => (false, e.to_string()),
         };
         StepResult {
             vm: vm.to_owned(),
@@ -126,7 +127,7 @@ impl<'a> Executor<'a> {
     }
 
     /// Start one VM and wait until QEMU reports it running. Returns its pid.
-    pub fn start(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<i32, String> {
+    pub fn start(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<i32, StepError> {
         let t0 = Instant::now();
         let spec = &want.spec;
         let vm = spec.name.as_str();
@@ -136,7 +137,7 @@ impl<'a> Executor<'a> {
         if let Err(error) = &res {
             self.reporter.emit(Event::VmStartFailed {
                 vm: vm.into(),
-                error: error.clone(),
+                error: error.to_string(),
             });
         }
         res
@@ -148,7 +149,7 @@ impl<'a> Executor<'a> {
         seen: Option<&ObservedVm>,
         paths: &VmPaths,
         t0: Instant,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, StepError> {
         let spec = &want.spec;
         let vm = spec.name.as_str();
         create_private_dir(&paths.dir)?;
@@ -185,8 +186,12 @@ impl<'a> Executor<'a> {
         if !spec.shares.is_empty() {
             check_shares(vm, &spec.shares)?;
             let table = crate::agent::shares::render(&spec.shares);
-            crate::fsutil::write_atomic(&paths.shares(), table.as_bytes()).map_err(|e| {
-                format!("vm {vm:?}: cannot write {}: {e}", paths.shares().display())
+            crate::fsutil::write_atomic(&paths.shares(), table.as_bytes()).map_err(|source| {
+                StepError::Shares {
+                    vm: vm.into(),
+                    path: paths.shares(),
+                    source,
+                }
             })?;
             fw_cfg.push((
                 crate::agent::shares::FW_CFG_NAME.to_string(),
@@ -201,7 +206,7 @@ impl<'a> Executor<'a> {
             fw_cfg: &fw_cfg,
             extra_cmdline: &extra,
         });
-        let identity = process::launch(&qemu_binary(), &args, paths).map_err(|e| e.to_string())?;
+        let identity = process::launch(&qemu_binary(), &args, paths)?;
         let rec = LaunchRecord {
             spec: spec.clone(),
             image_id: want.image_id.clone(),
@@ -216,7 +221,7 @@ impl<'a> Executor<'a> {
                 .chain(args.iter().cloned())
                 .collect(),
         };
-        record::write(&paths.launch_record(), &rec).map_err(|e| e.to_string())?;
+        record::write(&paths.launch_record(), &rec)?;
         wait_running(vm, &paths.qmp_socket(), RUNNING_TIMEOUT, paths)?;
         self.reporter.emit(Event::VmRunning {
             vm: vm.into(),
@@ -234,10 +239,10 @@ impl<'a> Executor<'a> {
         image: &ImageSpec,
         previous: Option<&ImageSpec>,
         paths: &VmPaths,
-    ) -> Result<(BootImage, Option<PathBuf>), String> {
+    ) -> Result<(BootImage, Option<PathBuf>), StepError> {
         match image {
             ImageSpec::Default => {
-                let img = image::locate().map_err(|e| e.to_string())?;
+                let img = image::locate()?;
                 let probe = Some(img.kernel.clone());
                 Ok((
                     BootImage::Kernel {
@@ -322,6 +327,7 @@ impl<'a> Executor<'a> {
                 (true, format!("pid {pid}"))
             }
             Err(error) => {
+                let error = StepError::from(error).to_string();
                 self.reporter.emit(Event::BrokerFailed {
                     error: error.clone(),
                 });
@@ -347,7 +353,7 @@ impl<'a> Executor<'a> {
         let (ok, detail) = match result {
             Ok(true) => (true, "stopped".to_string()),
             Ok(false) => (true, "was not running".to_string()),
-            Err(e) => (false, e),
+            Err(e) => (false, StepError::from(e).to_string()),
         };
         StepResult {
             vm: "broker".into(),
@@ -359,7 +365,7 @@ impl<'a> Executor<'a> {
     }
 
     /// Stop one VM with the shutdown ladder and remove its runtime files.
-    pub fn stop(&self, vm: &str, seen: Option<&ObservedVm>) -> Result<ShutdownOutcome, String> {
+    pub fn stop(&self, vm: &str, seen: Option<&ObservedVm>) -> Result<ShutdownOutcome, StepError> {
         let paths = self.layout.vm(vm);
         let marker = paths.qmp_socket();
         let identity = seen
@@ -393,10 +399,10 @@ impl<'a> Executor<'a> {
             }
         };
         if !outcome.exited {
-            let error = "qemu is still running after SIGKILL".to_string();
+            let error = StepError::StillRunning;
             self.reporter.emit(Event::VmStopFailed {
                 vm: vm.into(),
-                error: error.clone(),
+                error: error.to_string(),
             });
             return Err(error);
         }
@@ -449,7 +455,12 @@ fn stage_detail(o: &ShutdownOutcome) -> String {
 }
 
 /// Poll QMP until `query-status` says running.
-fn wait_running(vm: &str, socket: &Path, timeout: Duration, paths: &VmPaths) -> Result<(), String> {
+fn wait_running(
+    vm: &str,
+    socket: &Path,
+    timeout: Duration,
+    paths: &VmPaths,
+) -> Result<(), StepError> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
@@ -463,21 +474,23 @@ fn wait_running(vm: &str, socket: &Path, timeout: Duration, paths: &VmPaths) -> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!(
-        "vm {vm:?}: qemu did not report running within {}s ({last}); see {}",
-        timeout.as_secs(),
-        paths.qemu_log().display()
-    ))
+    Err(StepError::NotRunning {
+        vm: vm.into(),
+        timeout,
+        last,
+        qemu_log: paths.qemu_log(),
+    })
 }
 
-fn must_exist(vm: &str, key: &str, path: &Path) -> Result<(), String> {
+fn must_exist(vm: &str, key: &'static str, path: &Path) -> Result<(), StepError> {
     if path.exists() {
         Ok(())
     } else {
-        Err(format!(
-            "vm {vm:?}: {key} {} does not exist; fix the path in castra.toml",
-            path.display()
-        ))
+        Err(StepError::Missing {
+            vm: vm.into(),
+            key,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -488,7 +501,7 @@ fn overlay_over(
     base: &Path,
     previous: Option<&ImageSpec>,
     paths: &VmPaths,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, StepError> {
     must_exist(vm, "image.disk", base)?;
     let overlay = paths.overlay();
     if previous.is_some_and(|p| disk_base(p) != Some(base)) {
@@ -511,46 +524,45 @@ fn disk_base(image: &ImageSpec) -> Option<&Path> {
 }
 
 /// Each share's host directory must exist (checked at start, like kernels and disks).
-fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), String> {
+fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), StepError> {
     for s in shares {
         if !s.host.is_dir() {
-            return Err(format!(
-                "vm {vm:?}: share {:?} host directory {} does not exist or is not a directory; fix shares in castra.toml",
-                s.tag,
-                s.host.display()
-            ));
+            return Err(StepError::ShareDir {
+                vm: vm.into(),
+                tag: s.tag.clone(),
+                host: s.host.clone(),
+            });
         }
     }
     Ok(())
 }
 
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {
+fn create_overlay(base: &Path, overlay: &Path) -> Result<(), StepError> {
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(base)
         .arg(overlay)
         .output()
-        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
+        .map_err(StepError::QemuImg)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "qemu-img could not create overlay {} over {}: {}",
-            overlay.display(),
-            base.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(StepError::Overlay {
+            overlay: overlay.to_owned(),
+            base: base.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
-fn check_socket_path(vm: &str, socket: &Path) -> Result<(), String> {
+fn check_socket_path(vm: &str, socket: &Path) -> Result<(), StepError> {
     let len = socket.as_os_str().len();
     if len > crate::layout::MAX_SOCKET_PATH {
-        return Err(format!(
-            "vm {vm:?}: QMP socket path {} is {len} bytes, over the {} byte limit of Unix sockets; set a shorter [project] state_dir in castra.toml",
-            socket.display(),
-            crate::layout::MAX_SOCKET_PATH
-        ));
+        return Err(StepError::SocketPath {
+            vm: vm.into(),
+            socket: socket.to_owned(),
+            len,
+        });
     }
     Ok(())
 }

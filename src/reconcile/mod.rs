@@ -15,4 +15,5 @@ pub mod plan;
 pub mod ports;
 pub mod record;
 pub mod secret;
+pub mod step_error;
 pub mod watch;
