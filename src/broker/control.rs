@@ -195,7 +195,12 @@ pub fn stop(layout: &StateLayout) -> Result<bool, ControlError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    std::thread::sleep(Duration::from_millis(100));
+    // SIGKILL takes effect at once but the exit takes a moment (longer on a
+    // loaded host): wait for it, bounded, rather than a fixed pause.
+    let deadline = Instant::now() + STOP_WAIT;
+    while matches!(observe(layout), BrokerState::Running { .. }) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     match observe(layout) {
         BrokerState::Running { pid } => Err(ControlError::SurvivedSigkill { pid }),
         BrokerState::Offline { .. } => {
