@@ -144,12 +144,29 @@ fn reconnection_under_load_gets_a_fresh_session_and_loses_no_acknowledged_publis
         r.send(&json!({"type": "unsubscribe", "topic": "jobs-r"}));
         assert_eq!(r.frame()["ack"], "unsubscribe");
     }
-    // The snapshot's latest session of r is the one open now, and only it.
+    // The snapshot's latest session of r is the one open now, and only it;
+    // r keeps heartbeating while that is checked (a loaded machine can take
+    // longer than its 800 ms timeout), then leaves: its timeouts are the
+    // three above.
+    let beating = Arc::new(AtomicBool::new(true));
+    let beat = {
+        let (mut w, beating) = (r.writer.try_clone().unwrap(), beating.clone());
+        thread::spawn(move || {
+            use std::io::Write;
+            while beating.load(Ordering::Relaxed) {
+                let _ = w.write_all(&encode(&json!({"type": "heartbeat"})));
+                thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
     broker.state_when(|s| {
         s.vms
             .get("r")
             .is_some_and(|r| r.sessions == 1 && r.session.as_deref() == Some(id.as_str()))
     });
+    beating.store(false, Ordering::Relaxed);
+    beat.join().unwrap();
+    drop(r);
     stop.store(true, Ordering::Relaxed);
     for p in publishers {
         p.join().unwrap();
