@@ -267,10 +267,21 @@ fn image_prune_removes_old_builds_but_never_one_in_use() {
     };
     let dry = prune(&["--dry-run", "--json"]);
     assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
-    assert!(dry["removed"][0]["path"].as_str().unwrap().ends_with("images/bbb"));
-    assert!(root.join("images/bbb").exists(), "a dry run removed something");
+    assert!(
+        dry["removed"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("images/bbb")
+    );
+    assert!(
+        root.join("images/bbb").exists(),
+        "a dry run removed something"
+    );
     let done = prune(&["--json"]);
-    assert!(done["reclaimed_bytes"].as_u64().unwrap() >= 10_000, "{done}");
+    assert!(
+        done["reclaimed_bytes"].as_u64().unwrap() >= 10_000,
+        "{done}"
+    );
     assert!(!root.join("images/bbb").exists());
     assert!(kernel.exists() && root.join("images/ccc/vmlinux").exists());
     drop(holder.stdin.take());
