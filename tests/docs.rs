@@ -222,3 +222,70 @@ fn bus_md_host_tool_errors_are_real_output() {
         expected("$ castra bus publish --topic vm:web \"\\\"$(head -c 70000")
     );
 }
+
+/// `castra` command lines shown in the docs (`castra ...` in sh blocks, `$ castra ...`
+/// in console blocks): each names real subcommands, and each `--flag` is in their help.
+#[test]
+fn every_castra_command_shown_in_the_docs_exists_with_its_flags() {
+    let mut checked = 0;
+    for file in doc_files() {
+        let md = std::fs::read_to_string(&file).unwrap();
+        for (line, lang, body, _) in blocks(&md) {
+            if !matches!(lang.as_str(), "sh" | "console" | "" | "text") {
+                continue;
+            }
+            for cmd in body.lines() {
+                let cmd = cmd.trim_start().trim_start_matches("$ ");
+                let Some(rest) = cmd.strip_prefix("castra ") else {
+                    continue;
+                };
+                let words: Vec<&str> = rest
+                    .split('#')
+                    .next()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect();
+                let mut path: Vec<&str> = Vec::new();
+                for w in &words {
+                    if w.starts_with('-') || !w.chars().all(|c| c.is_ascii_lowercase()) {
+                        break;
+                    }
+                    let mut probe = path.clone();
+                    probe.push(w);
+                    let ok = Command::new(common::castra_bin())
+                        .args(&probe)
+                        .arg("--help")
+                        .output()
+                        .unwrap()
+                        .status
+                        .success();
+                    if !ok {
+                        break;
+                    }
+                    path = probe;
+                }
+                let at = format!("{}:{line}: {cmd}", file.display());
+                assert!(!path.is_empty(), "{at}: no such castra command");
+                let help = Command::new(common::castra_bin())
+                    .args(&path)
+                    .arg("--help")
+                    .output()
+                    .unwrap();
+                let help = String::from_utf8_lossy(&help.stdout).into_owned();
+                for flag in words.iter().filter(|w| w.starts_with("--")) {
+                    let flag = flag.split('=').next().unwrap_or_default();
+                    assert!(
+                        help.contains(flag),
+                        "{at}: `castra {}` has no {flag}",
+                        path.join(" ")
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} castra commands found in the docs"
+    );
+}
