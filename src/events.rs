@@ -59,6 +59,9 @@ pub enum Event {
     BrokerFailed { error: String },
     /// The broker was stopped (no VM runs any more).
     BrokerStopped,
+    /// `apply --watch` finished a round and now waits for a change of
+    /// `config` or the death of one of `vms` (the VMs running after the round).
+    Watching { config: String, vms: Vec<String> },
     /// `apply --watch` noticed something and reconciles again.
     WatchTriggered { cause: String },
     /// apply will run this VM's bootstrap (`why`: the mode decision).
@@ -128,6 +131,10 @@ impl Event {
             }
             Event::BrokerFailed { error } => format!("broker: failed to start: {error}"),
             Event::BrokerStopped => "broker: stopped".into(),
+            Event::Watching { config, vms } => format!(
+                "watching {config} and {} VM(s); Ctrl-C to stop watching (VMs keep running)",
+                vms.len()
+            ),
             Event::WatchTriggered { cause } => format!("watch: {cause}; reconciling"),
             Event::BootstrapPlanned { vm, why, .. } => format!("{vm}: bootstrap planned ({why})"),
             Event::BootstrapStarted { vm, run } => {
@@ -234,7 +241,9 @@ impl Reporter {
             }
         }
         if self.json_stdout {
-            println!("{line}");
+            // Best-effort like the file: a reader gone from stdout meets the
+            // command's own output next, which ends it quietly.
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
         } else if self.human && !(self.results_on_stdout && event.is_result()) {
             eprintln!("{}", event.human());
         }

@@ -2,7 +2,8 @@
 //! (`castra.vm=<name> castra.broker_port=<port>`), else the fw_cfg entries
 //! `opt/castra/vm` and `opt/castra/broker_port` castra attaches to every VM
 //! (a disk booted through firmware gets no castra command line), and the
-//! fw_cfg token file. Pure parsing plus small reads.
+//! fw_cfg token file (read with `broker::token::read_token`, the one reader host and
+//! guest share). Pure parsing plus small reads.
 
 use std::path::Path;
 
@@ -66,12 +67,6 @@ pub fn read_params(cmdline: &Path, fw_dir: &Path) -> BootParams {
     read_cmdline(cmdline).or_fw_cfg(entry(FW_CFG_VM), entry(FW_CFG_BROKER_PORT))
 }
 
-/// Read a token file (whitespace trimmed); `None` when absent or empty.
-pub fn read_token(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(text.trim().to_owned()).filter(|t| !t.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,16 +109,5 @@ mod tests {
         // Neither: nothing.
         let p = read_params(&dir.path().join("none"), &dir.path().join("none"));
         assert_eq!(p, BootParams::default());
-    }
-
-    #[test]
-    fn token_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raw");
-        assert_eq!(read_token(&path), None);
-        std::fs::write(&path, "\n").unwrap();
-        assert_eq!(read_token(&path), None);
-        std::fs::write(&path, "abc\n").unwrap();
-        assert_eq!(read_token(&path).as_deref(), Some("abc"));
     }
 }

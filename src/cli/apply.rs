@@ -1,6 +1,7 @@
 //! `castra plan`, `castra apply [--dry-run] [--watch]` and `castra down`: render
 //! what the reconcile layer computed and did.
 
+use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use crate::reconcile::execute::StepResult;
 use crate::reconcile::plan::Plan;
 use crate::reconcile::watch::{self, WATCH_DEPTH};
 
-use super::{EXIT_CHANGES_PENDING, EXIT_ERROR, load_project};
+use super::exit::{EXIT_CHANGES_PENDING, EXIT_ERROR};
+use super::out::outln;
+use super::project::load_project;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -57,7 +60,7 @@ pub struct DownArgs {
 }
 
 pub fn plan(args: &PlanArgs, project: &Project) -> Result<ExitCode> {
-    Ok(match show_plan(project, args.json) {
+    Ok(match show_plan(project, args.json)? {
         Shown::Problems => ExitCode::from(EXIT_ERROR),
         Shown::Changes => ExitCode::from(EXIT_CHANGES_PENDING),
         Shown::NoChanges => ExitCode::SUCCESS,
@@ -72,7 +75,7 @@ enum Shown {
 }
 
 /// Print the plan (VM steps and pending bootstraps) and any preflight problem.
-fn show_plan(project: &Project, json: bool) -> Shown {
+fn show_plan(project: &Project, json: bool) -> io::Result<Shown> {
     let planned = reconcile::plan_only(project);
     let plan = &planned.plan;
     let pending = reconcile::bootstrap_plan(project, plan, &planned.observed);
@@ -84,20 +87,20 @@ fn show_plan(project: &Project, json: bool) -> Shown {
             .iter()
             .map(problem_json)
             .collect();
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        print_plan(plan, &pending);
+        print_plan(plan, &pending)?;
     }
     if !planned.preflight.is_empty() {
         eprintln!(
             "{}\n\napply would refuse: it changes nothing until these are fixed",
             planned.preflight
         );
-        Shown::Problems
+        Ok(Shown::Problems)
     } else if !plan.is_empty() || !pending.is_empty() {
-        Shown::Changes
+        Ok(Shown::Changes)
     } else {
-        Shown::NoChanges
+        Ok(Shown::NoChanges)
     }
 }
 
@@ -113,7 +116,7 @@ fn problem_json(d: &crate::config::Diagnostic) -> serde_json::Value {
 
 pub fn apply(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     if args.dry_run {
-        return Ok(match show_plan(project, args.json) {
+        return Ok(match show_plan(project, args.json)? {
             Shown::Problems => ExitCode::from(EXIT_ERROR),
             Shown::Changes | Shown::NoChanges => ExitCode::SUCCESS,
         });
@@ -138,12 +141,14 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
         &reporter,
         args.bootstrap_timeout,
         &mut |plan, pending| {
+            // A reader gone mid-apply does not stop the apply; the summary
+            // below meets the closed pipe and ends quietly.
             if !json && !plan.is_empty() {
-                println!("{plan}");
+                let _ = outln!("{plan}");
             }
             if !json {
                 for p in pending {
-                    println!("{p}");
+                    let _ = outln!("{p}");
                 }
             }
         },
@@ -152,9 +157,9 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     if args.json {
         let mut v = outcome_json(&outcome);
         v["not_reachable"] = json!(unreachable);
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        print_outcome(&outcome, &unreachable);
+        print_outcome(&outcome, &unreachable)?;
     }
     Ok(if outcome.ok() {
         ExitCode::SUCCESS
@@ -163,11 +168,12 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     })
 }
 
-fn print_plan(plan: &Plan, pending: &[Pending]) {
-    println!("{plan}");
+fn print_plan(plan: &Plan, pending: &[Pending]) -> io::Result<()> {
+    outln!("{plan}")?;
     for p in pending {
-        println!("{p}");
+        outln!("{p}")?;
     }
+    Ok(())
 }
 
 /// Running VMs whose guest has not proved it is up (from the broker's state file).
@@ -201,14 +207,14 @@ fn converged_words(outcome: &ApplyOutcome, unreachable: &[String]) -> String {
     format!("{launched} VM(s) running in QEMU as declared; {guests}")
 }
 
-fn print_outcome(outcome: &ApplyOutcome, unreachable: &[String]) {
+fn print_outcome(outcome: &ApplyOutcome, unreachable: &[String]) -> io::Result<()> {
     for b in &outcome.bootstraps {
         if b.ok {
-            println!(
+            outln!(
                 "bootstrap {}: ok in {}",
                 b.vm,
                 fmt_ms(b.elapsed.as_millis() as u64)
-            );
+            )?;
         } else if b.log.as_os_str().is_empty() {
             eprintln!("bootstrap {}: FAILED: {}", b.vm, b.detail);
         } else {
@@ -222,36 +228,37 @@ fn print_outcome(outcome: &ApplyOutcome, unreachable: &[String]) {
     }
     if outcome.plan.is_empty() {
         if outcome.bootstraps.is_empty() {
-            println!(
+            outln!(
                 "nothing to do: {} VM(s) already as declared (no-op)",
                 outcome.plan.unchanged.len()
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "no VM changes: {} VM(s) already as declared",
                 outcome.plan.unchanged.len()
-            );
+            )?;
         }
-        return;
+        return Ok(());
     }
     for r in outcome.results.iter().filter(|r| !r.ok) {
         eprintln!("{}: {} failed: {}", r.vm, r.action, r.detail);
     }
     if outcome.converged() {
-        println!(
+        outln!(
             "applied in {}: {}",
             fmt_ms(outcome.elapsed.as_millis() as u64),
             converged_words(outcome, unreachable)
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "applied in {}: NOT converged; still pending:",
             fmt_ms(outcome.elapsed.as_millis() as u64)
-        );
+        )?;
         for s in &outcome.remaining.steps {
-            println!("  {s}");
+            outln!("  {s}")?;
         }
     }
+    Ok(())
 }
 
 fn watch_loop(args: &ApplyArgs, first: &Project) -> Result<ExitCode> {
@@ -267,11 +274,10 @@ fn watch_loop(args: &ApplyArgs, first: &Project) -> Result<ExitCode> {
             .filter(|o| o.state.word() == "running")
             .map(|o| o.name.clone())
             .collect();
-        eprintln!(
-            "watching {} and {} VM(s); Ctrl-C to stop watching (VMs keep running)",
-            config_path.display(),
-            running.len()
-        );
+        reporter(&project, args.json).emit(Event::Watching {
+            config: config_path.display().to_string(),
+            vms: running.clone(),
+        });
         let p = project.clone();
         let trigger = watch::wait_for_trigger(&config_path, &running, &mut || {
             observe_project(&p, WATCH_DEPTH)
@@ -296,21 +302,21 @@ pub fn down(args: &DownArgs, project: &Project) -> Result<ExitCode> {
     let results = reconcile::down(project, &reporter, &args.vms)?;
     let ok = results.iter().all(|r| r.ok);
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({ "results": results.iter().map(result_json).collect::<Vec<_>>(), "ok": ok })
-        );
+        )?;
     } else if results.is_empty() {
-        println!("nothing to stop: no VM of {} is running", project.name);
+        outln!("nothing to stop: no VM of {} is running", project.name)?;
     } else {
         for r in &results {
             let verdict = if r.ok { "" } else { "FAILED: " };
-            println!(
+            outln!(
                 "{}: {verdict}{} in {}",
                 r.vm,
                 r.detail,
                 fmt_ms(r.elapsed.as_millis() as u64)
-            );
+            )?;
         }
     }
     Ok(if ok {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::cli::out::outln;
 use crate::image::{self, BuildOptions, DefaultImage};
 
 /// Build or locate castra's default guest image.
@@ -158,11 +159,13 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         )],
     };
     let json = args.json;
+    // Progress lines; a reader gone meanwhile does not stop the build (the
+    // result below then meets the closed pipe).
     let mut progress = |line: &str| {
         if json {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            let _ = outln!("{line}");
         }
     };
     let image =
@@ -202,7 +205,7 @@ fn print_json(image: &DefaultImage) -> anyhow::Result<()> {
         "id": image.id,
         "cache_root": image::cache_root(),
     });
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    outln!("{}", serde_json::to_string_pretty(&value)?)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
+use crate::cli::out::outln;
 use crate::config::{CONFIG_FILE_NAME, PortBlock, block_for, init_template};
 
 #[derive(clap::Args, Debug)]
@@ -34,18 +35,18 @@ pub fn run(args: &InitArgs, config: Option<&Path>) -> Result<ExitCode> {
     let dir = std::path::absolute(path.parent().unwrap_or(Path::new(".")))?;
     let block = free_block(block_for(&dir));
     std::fs::write(&path, init_template(block))?;
-    println!("wrote {}", path.display());
-    println!(
+    outln!("wrote {}", path.display())?;
+    outln!(
         "ports: broker {}, forwards from {} (block {}..{} of this project)",
         block.broker(),
         block.port(0),
         block.base(),
         block.base() + crate::config::project_ports::BLOCK_SIZE - 1
-    );
+    )?;
     if crate::image::locate().is_ok() {
-        println!("next: `castra plan`, then `castra apply` (the default image is built)");
+        outln!("next: `castra plan`, then `castra apply` (the default image is built)")?;
     } else {
-        println!("next: `castra image build` (once), then `castra plan` and `castra apply`");
+        outln!("next: `castra image build` (once), then `castra plan` and `castra apply`")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,34 +6,23 @@ mod apply;
 pub mod broker;
 pub mod bus;
 mod clean;
+pub mod exit;
 pub mod image;
 mod init;
 mod logs;
+pub(crate) mod out;
+pub mod project;
 mod status;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, AccelChoice, Project};
-
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_ERROR: u8 = 1;
-pub const EXIT_CHANGES_PENDING: u8 = 2;
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  success (for `plan`: no changes)
-  1  error, or `apply` did not converge
-  2  `plan` only: changes pending (like `terraform plan -detailed-exitcode`)
-
-Environment:
-  CASTRA_CONFIG     path of castra.toml (same as --config)
-  CASTRA_ACCEL      auto|kvm|tcg: overrides every VM's `accel`
-  CASTRA_CACHE_DIR  where the default guest image is cached (default ~/.cache/castra)
-  CASTRA_QEMU       QEMU binary (default qemu-system-x86_64)";
+use crate::config::ConfigError;
+use exit::{EXIT_CODES, EXIT_ERROR};
+pub use project::load_project;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,7 +53,7 @@ enum Command {
     /// Converge the VMs to castra.toml: start, restart (on drift) and stop.
     Apply(apply::ApplyArgs),
     /// Show every VM's state at once, without waiting on any VM.
-    #[command(after_help = crate::status::LEGEND)]
+    #[command(after_help = crate::status::render::LEGEND)]
     Status(status::StatusArgs),
     /// Stop VMs (all, or those named): ACPI powerdown, then SIGTERM, then SIGKILL.
     Down(apply::DownArgs),
@@ -89,22 +78,16 @@ enum Command {
 
 /// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
-    quiet_when_stdout_closes();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Status(_) | Command::Logs(_)) {
-        // Output-only commands often piped into `head`: end quietly there.
-        // Never for commands that write to sockets or pipes (QMP, the broker,
-        // xz): with the default disposition a peer closing early would kill us.
-        reset_sigpipe();
-    }
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`castra plan | head -1`): done.
+        Err(err) if out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let msg = format!("{err:#}");
-            if msg.starts_with("error") {
-                eprintln!("{msg}");
-            } else {
-                eprintln!("error: {msg}");
+            match err.downcast_ref::<ConfigError>() {
+                // Rendered as diagnostics, with their own `error:` lines.
+                Some(config) => eprintln!("{config}"),
+                None => eprintln!("error: {err:#}"),
             }
             ExitCode::from(EXIT_ERROR)
         }
@@ -127,66 +110,5 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Up { .. } => anyhow::bail!(
             "`castra up` is the original castra's command: run `castra apply` (it starts what castra.toml declares and stops what it no longer does; `castra plan` first shows what it would do)"
         ),
-    }
-}
-
-/// Find and load castra.toml, then apply `CASTRA_ACCEL`.
-pub fn load_project(explicit: Option<&Path>) -> Result<Project> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            config::discover(&cwd).with_context(|| {
-                format!(
-                    "no {} in {} or any parent directory; run `castra init` to write one, or pass --config",
-                    config::CONFIG_FILE_NAME,
-                    cwd.display()
-                )
-            })?
-        }
-    };
-    let mut project = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Ok(value) = std::env::var("CASTRA_ACCEL") {
-        let choice: AccelChoice = value
-            .parse()
-            .map_err(|e| anyhow::anyhow!("CASTRA_ACCEL={value:?}: {e}"))?;
-        for vm in &mut project.vms {
-            vm.accel = choice;
-        }
-    }
-    Ok(project)
-}
-
-/// Every command: output cut short by its reader (`castra plan | head -1`)
-/// ends the process quietly with status 0, instead of the standard library's
-/// "failed printing to stdout" panic. SIGPIPE stays ignored for commands that
-/// talk over sockets and pipes, so only stdout's own EPIPE gets here.
-fn quiet_when_stdout_closes() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if stdout_closed(msg) {
-            std::process::exit(0);
-        }
-        default(info);
-    }));
-}
-
-/// The panic `println!` raises when stdout's reader went away.
-fn stdout_closed(panic_message: &str) -> bool {
-    panic_message.starts_with("failed printing to stdout") && panic_message.contains("os error 32")
-}
-
-/// Writing into a closed pipe (`castra status | head`) ends quietly.
-fn reset_sigpipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: restoring the default disposition installs no handler code.
-    unsafe {
-        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
 }

@@ -24,6 +24,7 @@ mod places;
 pub mod project_ports;
 mod raw;
 mod schema;
+pub mod share_table;
 mod shares;
 mod size;
 mod suggest;
