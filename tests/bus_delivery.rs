@@ -25,7 +25,7 @@ fn deliver_across_guests_host_agent_and_cli() {
     a.send(&json!({"type": "subscribe", "topic": "vm:b"}));
     assert_eq!(
         a.frame(),
-        json!({"type": "ack", "ack": "subscribe", "status": "error", "reason": "forbidden_topic"})
+        json!({"type": "ack", "ack": "subscribe", "status": "error", "topic": "vm:b", "reason": "forbidden_topic"})
     );
     let mut b = Guest::open(port, "b");
     b.subscribe("broadcast");
