@@ -101,11 +101,21 @@ else
 fi
 
 # --- 2. this run's copy ---------------------------------------------------------------
-# Earlier runs' roots (kept after a failure) go, unless something is still mounted there.
+# Earlier runs' roots (kept after a failure) go, unless a run is still using one: its
+# mount namespace (recorded in run.X.mntns while it runs) still has a process.
+in_use() { # ROOT
+  local ns p
+  ns=$(cat "$1.mntns" 2>/dev/null) || return 1
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && return 0
+  done
+  return 1
+}
 for old in "$dir"/run.*; do
   [ -d "$old" ] || continue
-  if findmnt -rn -o TARGET | grep -q "^$old/"; then continue; fi
+  if in_use "$old"; then continue; fi
   rm -rf --one-file-system "$old"
+  rm -f "$old.mntns"
 done
 root=$(mktemp -d "$dir/run.XXXXXX")
 chmod 755 "$root"
