@@ -64,7 +64,7 @@ enum Command {
     /// Converge the VMs to castra.toml: start, restart (on drift) and stop.
     Apply(apply::ApplyArgs),
     /// Show every VM's state at once, without waiting on any VM.
-    #[command(after_help = crate::status::LEGEND)]
+    #[command(after_help = crate::status::render::LEGEND)]
     Status(status::StatusArgs),
     /// Stop VMs (all, or those named): ACPI powerdown, then SIGTERM, then SIGKILL.
     Down(apply::DownArgs),

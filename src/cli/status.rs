@@ -19,7 +19,7 @@ pub fn run(args: &StatusArgs, project: &Project) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", status::table(&report));
+        print!("{}", status::render::table(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,9 +6,7 @@
 //! broker is frozen (`kill -STOP`). Guest reachability comes from the
 //! broker's state snapshot file, never from a live session.
 
-mod render;
-
-pub use render::{LEGEND, table};
+pub mod render;
 
 use serde::Serialize;
 use std::path::PathBuf;

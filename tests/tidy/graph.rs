@@ -23,14 +23,23 @@ pub fn edges(tree: &Tree) -> Vec<Edge> {
             continue;
         }
         for r in refs(file) {
-            let Some(path) = absolute(file, &r) else { continue };
-            let Some(to) = target(tree, &path) else { continue };
+            let Some(path) = absolute(file, &r) else {
+                continue;
+            };
+            let Some(to) = target(tree, &path) else {
+                continue;
+            };
             if to == from || tree.files[to].path == "src/lib.rs" {
                 continue;
             }
             // `mod child;` in a parent is a declaration, not a dependency: only paths count.
             let line = file.line_of(r.offset);
-            seen.entry((from, to)).or_insert(Edge { from, to, line, written: r.written() });
+            seen.entry((from, to)).or_insert(Edge {
+                from,
+                to,
+                line,
+                written: r.written(),
+            });
         }
     }
     seen.into_values().collect()
@@ -65,7 +74,10 @@ pub fn circles(n: usize, edges: &[Edge]) -> Vec<Circle> {
                     cycles.push(c);
                 }
             }
-            Circle { files: comp, cycles }
+            Circle {
+                files: comp,
+                cycles,
+            }
         })
         .collect()
 }
@@ -109,7 +121,15 @@ fn tarjan(n: usize, adj: &[Vec<&Edge>]) -> Vec<Vec<usize>> {
             s.out.push(comp);
         }
     }
-    let mut s = S { adj, index: vec![None; n], low: vec![0; n], on: vec![false; n], stack: Vec::new(), next: 0, out: Vec::new() };
+    let mut s = S {
+        adj,
+        index: vec![None; n],
+        low: vec![0; n],
+        on: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        out: Vec::new(),
+    };
     for v in 0..n {
         if s.index[v].is_none() {
             visit(&mut s, v);
@@ -138,11 +158,13 @@ fn cycle_through(start: usize, comp: &[usize], adj: &[Vec<&Edge>]) -> Vec<Edge> 
                 cycle.reverse();
                 return cycle;
             }
-            if !prev.contains_key(&e.to) {
-                prev.insert(e.to, (*e).clone());
+            if let std::collections::btree_map::Entry::Vacant(slot) = prev.entry(e.to) {
+                slot.insert((*e).clone());
                 queue.push_back(e.to);
             }
         }
     }
-    unreachable!("a strongly connected component of two or more files has a cycle through each of them")
+    unreachable!(
+        "a strongly connected component of two or more files has a cycle through each of them"
+    )
 }

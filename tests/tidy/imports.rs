@@ -35,16 +35,24 @@ pub fn refs(file: &File) -> Vec<Ref> {
         if !starts_item || (at > 0 && crate::lexer::is_ident(b[at - 1])) {
             continue;
         }
-        let Some(end) = code[at..].find(';').map(|e| at + e) else { break };
+        let Some(end) = code[at..].find(';').map(|e| at + e) else {
+            break;
+        };
         in_use[at..end].iter_mut().for_each(|x| *x = true);
         for segments in expand(&code[at + 4..end]) {
-            out.push(Ref { offset: at, segments });
+            out.push(Ref {
+                offset: at,
+                segments,
+            });
         }
     }
     // Inline paths: maximal `ident::ident(::ident)*` runs outside use statements.
     let mut j = 0;
     while j < b.len() {
-        if in_use[j] || !crate::lexer::is_ident(b[j]) || (j > 0 && (crate::lexer::is_ident(b[j - 1]) || b[j - 1] == b':')) {
+        if in_use[j]
+            || !crate::lexer::is_ident(b[j])
+            || (j > 0 && (crate::lexer::is_ident(b[j - 1]) || b[j - 1] == b':'))
+        {
             j += 1;
             continue;
         }
@@ -56,14 +64,19 @@ pub fn refs(file: &File) -> Vec<Ref> {
                 j += 1;
             }
             segments.push(code[s..j].to_owned());
-            if code[j..].starts_with("::") && b.get(j + 2).is_some_and(|&c| crate::lexer::is_ident(c)) {
+            if code[j..].starts_with("::")
+                && b.get(j + 2).is_some_and(|&c| crate::lexer::is_ident(c))
+            {
                 j += 2;
             } else {
                 break;
             }
         }
         if segments.len() > 1 {
-            out.push(Ref { offset: start, segments });
+            out.push(Ref {
+                offset: start,
+                segments,
+            });
         }
     }
     out
@@ -146,7 +159,13 @@ pub fn absolute(file: &File, r: &Ref) -> Option<Vec<String>> {
     let s = &r.segments;
     match s[0].as_str() {
         "crate" => Some(s[1..].to_vec()),
-        "self" => Some(module.iter().cloned().chain(s[1..].iter().cloned()).collect()),
+        "self" => Some(
+            module
+                .iter()
+                .cloned()
+                .chain(s[1..].iter().cloned())
+                .collect(),
+        ),
         "super" => {
             let mut base = module.clone();
             let mut k = 0;
@@ -156,12 +175,43 @@ pub fn absolute(file: &File, r: &Ref) -> Option<Vec<String>> {
             }
             Some(base.into_iter().chain(s[k..].iter().cloned()).collect())
         }
-        first if file.children.contains(first) => Some(module.iter().chain(s.iter()).cloned().collect()),
+        first if file.children.contains(first) => {
+            Some(module.iter().chain(s.iter()).cloned().collect())
+        }
         _ => None,
     }
 }
 
 /// The file an internal path lands in: the longest module prefix that is a file.
 pub fn target(tree: &Tree, path: &[String]) -> Option<usize> {
-    (0..=path.len()).rev().find_map(|n| tree.by_module.get(&path[..n]).copied())
+    (0..=path.len())
+        .rev()
+        .find_map(|n| tree.by_module.get(&path[..n]).copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    fn paths(tree: &str) -> Vec<String> {
+        expand(tree).iter().map(|p| p.join("::")).collect()
+    }
+
+    #[test]
+    fn use_trees_expand_to_every_path() {
+        assert_eq!(
+            paths("crate::a::{b::{self, C}, d as e, f::*}"),
+            [
+                "crate::a::b",
+                "crate::a::b::C",
+                "crate::a::d",
+                "crate::a::f"
+            ]
+        );
+        assert_eq!(paths("super::*"), ["super"]);
+        assert_eq!(
+            paths("std::{fs, io::{self, Read}}"),
+            ["std::fs", "std::io", "std::io::Read"]
+        );
+    }
 }

@@ -40,7 +40,9 @@ pub fn code_only(text: &str) -> String {
             b'r' | b'b' if raw_string_start(b, i).is_some() => {
                 let (hashes, open) = raw_string_start(b, i).unwrap();
                 let mut j = open + 1;
-                let close: Vec<u8> = std::iter::once(b'"').chain(std::iter::repeat_n(b'#', hashes)).collect();
+                let close: Vec<u8> = std::iter::once(b'"')
+                    .chain(std::iter::repeat_n(b'#', hashes))
+                    .collect();
                 while j < b.len() && !b[j..].starts_with(&close) {
                     j += 1;
                 }
@@ -62,7 +64,11 @@ pub fn code_only(text: &str) -> String {
                     memchr(b, i + 2, b'\'') + 1
                 } else {
                     let ch_len = text[i + 1..].chars().next().map_or(1, char::len_utf8);
-                    if b.get(i + 1 + ch_len) == Some(&b'\'') { i + 2 + ch_len } else { i + 1 }
+                    if b.get(i + 1 + ch_len) == Some(&b'\'') {
+                        i + 2 + ch_len
+                    } else {
+                        i + 1
+                    }
                 };
                 if end > i + 1 {
                     blank(&mut out, i, end);
@@ -81,7 +87,8 @@ pub fn code_only(text: &str) -> String {
             }
         }
     }
-    String::from_utf8(out).expect("blanking keeps UTF-8 (only ASCII bytes are written over whole chars)")
+    String::from_utf8(out)
+        .expect("blanking keeps UTF-8 (only ASCII bytes are written over whole chars)")
 }
 
 pub fn is_ident(c: u8) -> bool {
@@ -89,7 +96,10 @@ pub fn is_ident(c: u8) -> bool {
 }
 
 fn memchr(b: &[u8], from: usize, c: u8) -> usize {
-    b[from.min(b.len())..].iter().position(|&x| x == c).map_or(b.len(), |p| from + p)
+    b[from.min(b.len())..]
+        .iter()
+        .position(|&x| x == c)
+        .map_or(b.len(), |p| from + p)
 }
 
 /// `r"`, `r#"`, `br"`, `b"` start: the number of `#`s and the index of the opening quote.

@@ -38,19 +38,34 @@ fn layers_point_down() {
     let mut problems = Vec::new();
     for e in graph::edges(&tree) {
         let (from, to) = (&tree.files[e.from], &tree.files[e.to]);
-        let top = |f: &tree::File| f.module.as_ref().and_then(|m| m.first().cloned()).unwrap_or_default();
+        let top = |f: &tree::File| {
+            f.module
+                .as_ref()
+                .and_then(|m| m.first().cloned())
+                .unwrap_or_default()
+        };
         let (a, b) = (top(from), top(to));
         if a == b {
             continue;
         }
         let (Some(la), Some(lb)) = (rules.layer_of(&a), rules.layer_of(&b)) else {
             let missing = if rules.layer_of(&a).is_none() { &a } else { &b };
-            problems.push(format!("{}:{}: module `{missing}` is in no layer", from.path, e.line));
+            problems.push(format!(
+                "{}:{}: module `{missing}` is in no layer",
+                from.path, e.line
+            ));
             continue;
         };
         if la >= lb {
-            let how = if la == lb { "a peer on the same layer" } else { "a layer above it" };
-            problems.push(format!("{}:{}: `{a}` uses `{}` in `{b}`, {how}", from.path, e.line, e.written));
+            let how = if la == lb {
+                "a peer on the same layer"
+            } else {
+                "a layer above it"
+            };
+            problems.push(format!(
+                "{}:{}: `{a}` uses `{}` in `{b}`, {how}",
+                from.path, e.line, e.written
+            ));
         }
     }
     fail(
@@ -67,19 +82,30 @@ fn no_import_circles() {
     let problems: Vec<String> = graph::circles(tree.files.len(), &edges)
         .into_iter()
         .map(|circle| {
-            let names: Vec<&str> = circle.files.iter().map(|&f| tree.files[f].path.as_str()).collect();
+            let names: Vec<&str> = circle
+                .files
+                .iter()
+                .map(|&f| tree.files[f].path.as_str())
+                .collect();
             let cycles: Vec<String> = circle
                 .cycles
                 .iter()
                 .map(|cycle| {
                     let steps: Vec<String> = cycle
                         .iter()
-                        .map(|e| format!("{}:{} uses {}", tree.files[e.from].path, e.line, e.written))
+                        .map(|e| {
+                            format!("{}:{} uses {}", tree.files[e.from].path, e.line, e.written)
+                        })
                         .collect();
                     steps.join(" -> ")
                 })
                 .collect();
-            format!("{} files in one circle: {}\n    {}", names.len(), names.join(", "), cycles.join("\n    "))
+            format!(
+                "{} files in one circle: {}\n    {}",
+                names.len(),
+                names.join(", "),
+                cycles.join("\n    ")
+            )
         })
         .collect();
     fail(
@@ -95,14 +121,22 @@ fn pure_files_do_no_io() {
     let mut problems = Vec::new();
     for path in &rules.pure {
         let Some(file) = tree.files.iter().find(|f| &f.path == path) else {
-            problems.push(format!("{path}: listed as pure in docs/ARCHITECTURE.md but does not exist"));
+            problems.push(format!(
+                "{path}: listed as pure in docs/ARCHITECTURE.md but does not exist"
+            ));
             continue;
         };
         for r in imports::refs(file) {
             let written = r.written();
-            let hit = IMPURE.iter().find(|(p, _)| written == *p || written.starts_with(&format!("{p}::")) || written.ends_with(p));
+            let hit = IMPURE.iter().find(|(p, _)| {
+                written == *p || written.starts_with(&format!("{p}::")) || written.ends_with(p)
+            });
             if let Some((p, what)) = hit {
-                problems.push(format!("{}:{}: `{written}` ({what}: `{p}`)", file.path, file.line_of(r.offset)));
+                problems.push(format!(
+                    "{}:{}: `{written}` ({what}: `{p}`)",
+                    file.path,
+                    file.line_of(r.offset)
+                ));
             }
         }
     }
@@ -122,7 +156,11 @@ fn every_file_has_a_header() {
         .filter(|f| !f.text.trim_start().starts_with("//!"))
         .map(|f| format!("{}:1: no `//!` header", f.path))
         .collect();
-    fail("files without a `//!` header", problems, "start the file with `//!` lines saying what it is for");
+    fail(
+        "files without a `//!` header",
+        problems,
+        "start the file with `//!` lines saying what it is for",
+    );
 }
 
 #[test]
@@ -132,7 +170,14 @@ fn files_stay_small() {
         .files
         .iter()
         .filter(|f| !f.is_test_file() && f.lines() > MAX_LINES)
-        .map(|f| format!("{}:{}: {} lines (limit {MAX_LINES})", f.path, MAX_LINES + 1, f.lines()))
+        .map(|f| {
+            format!(
+                "{}:{}: {} lines (limit {MAX_LINES})",
+                f.path,
+                MAX_LINES + 1,
+                f.lines()
+            )
+        })
         .collect();
     fail(
         "non-test files past the size limit",

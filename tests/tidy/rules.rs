@@ -12,24 +12,37 @@ pub struct Rules {
 
 impl Rules {
     pub fn load(root: &Path) -> Rules {
-        let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).expect("read docs/ARCHITECTURE.md");
+        let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md"))
+            .expect("read docs/ARCHITECTURE.md");
         let layers = block(&doc, "tidy-layers")
             .iter()
             .map(|l| l.split_whitespace().map(str::to_owned).collect())
             .collect();
-        let pure = block(&doc, "tidy-pure").iter().map(|l| l.trim().to_owned()).collect();
+        let pure = block(&doc, "tidy-pure")
+            .iter()
+            .map(|l| l.trim().to_owned())
+            .collect();
         Rules { layers, pure }
     }
 
     pub fn layer_of(&self, module: &str) -> Option<usize> {
-        self.layers.iter().position(|l| l.iter().any(|m| m == module))
+        self.layers
+            .iter()
+            .position(|l| l.iter().any(|m| m == module))
     }
 }
 
 fn block(doc: &str, tag: &str) -> Vec<String> {
     let mut lines = doc.lines().skip_while(|l| l.trim() != format!("```{tag}"));
-    assert!(lines.next().is_some(), "docs/ARCHITECTURE.md has no ```{tag} block: the tidy rules live there");
-    lines.take_while(|l| l.trim() != "```").filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
+    assert!(
+        lines.next().is_some(),
+        "docs/ARCHITECTURE.md has no ```{tag} block: the tidy rules live there"
+    );
+    lines
+        .take_while(|l| l.trim() != "```")
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// What pure files may not use: I/O, processes, threads, clocks, randomness, and the

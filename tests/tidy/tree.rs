@@ -23,7 +23,10 @@ pub struct File {
 
 impl File {
     pub fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
     pub fn lines(&self) -> usize {
         self.text.lines().count()
@@ -49,12 +52,24 @@ impl Tree {
         let mut files: Vec<File> = paths
             .iter()
             .map(|p| {
-                let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+                let text =
+                    fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
                 let code = code_only(&text);
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 let test_from = trailing_test_module(&code).unwrap_or(text.len());
                 let children = declared_children(&code);
-                File { module: module_of(&rel), path: rel, text, code, test_from, children }
+                File {
+                    module: module_of(&rel),
+                    path: rel,
+                    text,
+                    code,
+                    test_from,
+                    children,
+                }
             })
             .collect();
         let by_module: BTreeMap<Vec<String>, usize> = files
@@ -96,7 +111,9 @@ fn child_path(parent: &[String], child: &str) -> Vec<String> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -144,7 +161,10 @@ pub fn words(code: &str) -> Vec<(usize, &str)> {
 
 fn declared_children(code: &str) -> BTreeSet<String> {
     let w = words(code);
-    w.windows(2).filter(|p| p[0].1 == "mod").map(|p| p[1].1.to_owned()).collect()
+    w.windows(2)
+        .filter(|p| p[0].1 == "mod")
+        .map(|p| p[1].1.to_owned())
+        .collect()
 }
 
 enum TestDecl {
@@ -162,14 +182,22 @@ fn test_children(file: &File) -> Vec<TestDecl> {
         let attrs_from = i + "#[cfg(test)]".len();
         let rest = skip_attributes(&code[attrs_from..]);
         let decl_at = code.len() - rest.len();
-        let Some(decl) = rest.strip_prefix("mod ") else { continue };
-        let name: String = decl.bytes().take_while(|&c| is_ident(c)).map(char::from).collect();
+        let Some(decl) = rest.strip_prefix("mod ") else {
+            continue;
+        };
+        let name: String = decl
+            .bytes()
+            .take_while(|&c| is_ident(c))
+            .map(char::from)
+            .collect();
         if !decl[name.len()..].trim_start().starts_with(';') {
             continue;
         }
         // The attribute's string is blanked in `code`; read it from the text.
         let attrs = &file.text[attrs_from..decl_at];
-        let path = attrs.split_once("#[path").and_then(|(_, a)| a.split('"').nth(1));
+        let path = attrs
+            .split_once("#[path")
+            .and_then(|(_, a)| a.split('"').nth(1));
         out.push(match path {
             Some(p) => {
                 let dir = file.path.rsplit_once('/').map_or("", |(d, _)| d);
@@ -181,23 +209,37 @@ fn test_children(file: &File) -> Vec<TestDecl> {
     out
 }
 
+/// `pub mod x`, `pub(crate) mod x` -> `mod x`.
+fn skip_visibility(s: &str) -> &str {
+    let Some(rest) = s.strip_prefix("pub") else {
+        return s;
+    };
+    let rest = match rest.trim_start().strip_prefix('(') {
+        Some(r) => r.split_once(')').map_or("", |(_, after)| after),
+        None => rest,
+    };
+    rest.trim_start()
+}
+
 fn skip_attributes(mut s: &str) -> &str {
     loop {
         s = s.trim_start();
         match s.strip_prefix("#[") {
             Some(r) => s = r.split_once(']').map_or("", |(_, after)| after),
-            None => return s,
+            None => return skip_visibility(s),
         }
     }
 }
 
 /// Offset of an inline `#[cfg(test)] mod name {`: test code runs from there to the end.
 fn trailing_test_module(code: &str) -> Option<usize> {
-    code.match_indices("#[cfg(test)]").map(|(i, _)| i).find(|&i| {
-        let rest = skip_attributes(&code[i + "#[cfg(test)]".len()..]);
-        rest.strip_prefix("mod ").is_some_and(|d| {
-            let name_len = d.bytes().take_while(|&c| is_ident(c)).count();
-            d[name_len..].trim_start().starts_with('{')
+    code.match_indices("#[cfg(test)]")
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let rest = skip_attributes(&code[i + "#[cfg(test)]".len()..]);
+            rest.strip_prefix("mod ").is_some_and(|d| {
+                let name_len = d.bytes().take_while(|&c| is_ident(c)).count();
+                d[name_len..].trim_start().starts_with('{')
+            })
         })
-    })
 }
