@@ -141,7 +141,7 @@ fn tail_since_a_time_a_duration_or_a_seq_across_rotation_and_with_follow() {
     assert_eq!(tail(&["--since", "seq:15"]), (15..=40).collect::<Vec<_>>());
     assert_eq!(tail(&["--since", "seq:15", "-n", "3"]), [38, 39, 40]);
     // The log's own timestamp format is accepted as it is printed.
-    let at21 = castra::broker::events::utc(ts(21));
+    let at21 = castra::broker::stamp::utc(ts(21));
     assert_eq!(tail(&["--since", &at21]), (21..=40).collect::<Vec<_>>());
     // A duration ago that lands in the 1.2 s gap (tail starts < 600 ms later).
     let now = std::time::SystemTime::now()

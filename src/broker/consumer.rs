@@ -11,8 +11,8 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use super::events::utc;
 use super::frame::{BrokerFrame, ClientFrame};
+use super::stamp::utc;
 
 /// How a consumer prints a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

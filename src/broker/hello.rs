@@ -12,6 +12,10 @@
 
 use super::reason::Reason;
 
+/// The name host sessions and host publishes carry (`from` is `host`, the log `host.log`);
+/// castra.toml reserves it (no VM may be named `host`).
+pub const HOST: &str = "host";
+
 /// The first line the broker sends on every connection.
 pub const GREETING: &str = "castra-broker 1 ready";
 /// What every greeting starts with (clients check only this prefix).

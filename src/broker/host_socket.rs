@@ -17,13 +17,13 @@ use serde_json::Value;
 
 use super::buslog::Append;
 use super::conn;
+use super::context::{ConnGuard, Ctx, HOST_PUBLISH_TIMEOUT};
 use super::frame::{AckKind, BrokerFrame, ClientFrame};
 use super::hello::Reply;
 use super::line::{LinePush, LineReader};
 use super::reason::Reason;
-use super::recorder::log;
-use super::server::{ConnGuard, Ctx, HOST_PUBLISH_TIMEOUT};
 use super::session::Record;
+use super::stamp::log;
 
 pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
     loop {

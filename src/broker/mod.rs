@@ -6,6 +6,7 @@
 pub mod buslog;
 mod conn;
 pub mod consumer;
+pub mod context;
 pub mod control;
 pub mod events;
 pub mod frame;
@@ -19,9 +20,11 @@ pub mod reason;
 pub mod recorder;
 pub mod server;
 pub mod session;
+pub mod stamp;
 pub mod state;
 pub mod token;
 pub mod topic;
 
-pub use server::{BrokerError, BrokerOptions, run};
+pub use context::BrokerOptions;
+pub use server::{BrokerError, run};
 pub use state::{BrokerSnapshot, FRESHNESS_WINDOW_MS, VmEntry, age_ms, reachable, read_snapshot};

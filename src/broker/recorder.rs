@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::events::{Event, utc};
+use super::events::Event;
 use super::reason::Reason;
 use super::session::Record;
+use super::stamp::{log, unix_ms};
 use super::state::BrokerSnapshot;
 use crate::layout::StateLayout;
 
@@ -262,20 +263,6 @@ impl Worker {
             )),
         }
     }
-}
-
-/// Milliseconds since the unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// One readable line on stderr (the broker log).
-pub fn log(msg: &str) {
-    let line = format!("{} {msg}\n", utc(unix_ms()));
-    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = 3 * HEARTBEAT_INTERVAL_MS;
 /// Default number of messages a session may hold delivered but not acked.
 pub const DEFAULT_UNACKED_WINDOW: u32 = 128;
 /// The name host sessions are recorded under (a reserved VM name, as in the bus log).
-pub const HOST: &str = super::buslog::HOST;
+pub use super::hello::HOST;
 
 /// Timeouts and policy of every session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::broker::{self, BrokerOptions};
-use crate::broker::{buslog, frame, hub, server, session};
+use crate::broker::{buslog, context, frame, hub, session};
 use crate::config::DEFAULT_BROKER_PORT;
 
 #[derive(clap::Args, Debug)]
@@ -30,7 +30,7 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = frame::DEFAULT_FRAME_LIMIT)]
     pub frame_limit: u32,
     /// Most simultaneous guest connections.
-    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = context::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Let a handshake-only hello without a token mark its VM reachable.
     #[arg(long)]

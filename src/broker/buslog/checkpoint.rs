@@ -5,7 +5,7 @@
 //! its publishes are acknowledged. The same lines are written to each
 //! publisher's `<vm>.log` in the same commit (so a broker crash, which keeps
 //! the page cache, never loses them), but those files are synced only at a
-//! checkpoint: at most every [`super::CHECKPOINT_EVERY`], before any file
+//! checkpoint: at most every [`super::writer::CHECKPOINT_EVERY`], before any file
 //! rotates, and when the broker stops. A checkpoint syncs every `<vm>.log`
 //! written since the last one, then writes `checkpoint.json` atomically:
 //! "every record up to `through_seq` is durable in its `<vm>.log`, whose live

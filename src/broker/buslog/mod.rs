@@ -12,136 +12,30 @@
 //!   publishers' logs cut back to the checkpoint and refilled from all.log,
 //!   sequence numbers continued).
 //!
-//! This file holds the record format, file naming, reading, and [`start`].
+//! - `record.rs`: the record format, file naming and reading.
+//!
+//! This file starts the log ([`start`]) and is its front.
 //! Routing messages to subscribers is the hub's job; the log only hands each
 //! committed record over.
 
 mod checkpoint;
+mod record;
 mod recover;
 mod writer;
 
+pub use record::{
+    Append, Committed, DEFAULT_ROTATE_BYTES, DEFAULT_ROTATE_KEEP, Done, HOST, LogRecord, MAX_BATCH,
+    QUEUE_CAPACITY, Rotation, generations, read_records, rotated_path,
+};
 pub use recover::{Recovery, recover};
 pub use writer::CHECKPOINT_EVERY;
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-use super::frame::{self, BrokerFrame};
-use super::reason::Reason;
-use super::recorder::log;
+use super::stamp::log;
 use crate::layout::StateLayout;
-
-/// Publisher name of host publishes (`from` is `host`, the file `host.log`).
-pub const HOST: &str = "host";
-/// Most publishes committed by one sync.
-pub const MAX_BATCH: usize = 1024;
-/// Publishes waiting for the writer; senders wait beyond this (back-pressure
-/// on the publishing session only).
-pub const QUEUE_CAPACITY: usize = 4096;
-/// A bus log file rotates once it holds this many bytes (64 MiB).
-pub const DEFAULT_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
-/// Rotated files kept per log (`X.log.1` .. `X.log.4`).
-pub const DEFAULT_ROTATE_KEEP: u32 = 4;
-
-/// When and how far bus log files rotate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rotation {
-    /// Rotate a file once its size reaches this (at least 1).
-    pub max_bytes: u64,
-    /// Rotated generations kept (at least 1).
-    pub keep: u32,
-}
-
-impl Default for Rotation {
-    fn default() -> Self {
-        Rotation {
-            max_bytes: DEFAULT_ROTATE_BYTES,
-            keep: DEFAULT_ROTATE_KEEP,
-        }
-    }
-}
-
-/// `X.log.<n>`: generation `n` of the live file `X.log` (1 is the newest).
-pub fn rotated_path(live: &Path, n: u32) -> PathBuf {
-    let mut s = live.as_os_str().to_owned();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
-}
-
-/// A live log and its rotated generations that exist, oldest first, the
-/// live file last (whether or not it exists).
-pub fn generations(live: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = (1..)
-        .map(|n| rotated_path(live, n))
-        .take_while(|p| p.exists())
-        .collect();
-    out.reverse();
-    out.push(live.to_owned());
-    out
-}
-
-/// One line of a bus log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogRecord {
-    pub seq: u64,
-    /// Publisher: a VM name, or `host`.
-    pub vm: String,
-    pub topic: String,
-    pub ts_ms: u64,
-    pub payload: Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<Value>,
-}
-
-impl LogRecord {
-    /// `vm:<name>` or `host`, as in a `message` frame's `from`.
-    pub fn from(&self) -> String {
-        if self.vm == HOST {
-            HOST.to_owned()
-        } else {
-            format!("vm:{}", self.vm)
-        }
-    }
-
-    /// The `message` frame every subscriber of this record receives.
-    pub fn message_frame(&self) -> Arc<[u8]> {
-        frame::encode(&BrokerFrame::Message {
-            seq: self.seq,
-            topic: self.topic.clone(),
-            from: self.from(),
-            ts_ms: self.ts_ms,
-            payload: self.payload.clone(),
-        })
-        .into()
-    }
-}
-
-/// Called once per publish with its sequence number, or why it failed.
-pub type Done = Box<dyn FnOnce(Result<u64, Reason>) + Send>;
-
-/// A publish waiting to be made durable.
-pub struct Append {
-    /// `None` for the host.
-    pub vm: Option<String>,
-    pub topic: String,
-    pub payload: Value,
-    pub id: Option<Value>,
-    pub done: Done,
-}
-
-/// A committed record, handed to the hub for delivery.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub seq: u64,
-    pub topic: String,
-    pub frame: Arc<[u8]>,
-}
 
 /// Create the bus log directory (0700), recover it, and start the writer.
 /// `deliver` receives every committed record, in sequence order.
@@ -222,23 +116,11 @@ impl BusLog {
     }
 }
 
-/// Read every valid record of a bus log file (bad lines skipped).
-pub fn read_records(path: &Path) -> io::Result<Vec<LogRecord>> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(text
-        .split(|&b| b == b'\n')
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::writer::rotate;
     use super::*;
+    use crate::broker::reason::Reason;
     use serde_json::json;
     use std::fs::OpenOptions;
     use std::io::Write;

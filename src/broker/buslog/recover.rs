@@ -22,7 +22,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, Checkpoint, Fix};
-use super::{LogRecord, rotated_path};
+use super::record::{LogRecord, rotated_path};
 use crate::layout::{BUS_ALL_LOG, BUS_LOG_SUFFIX};
 
 /// What [`recover`] found and did.

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, Checkpoint};
-use super::{Append, Committed, HOST, LogRecord, MAX_BATCH, Rotation, rotated_path};
+use super::record::{Append, Committed, HOST, LogRecord, MAX_BATCH, Rotation, rotated_path};
 use crate::broker::reason::Reason;
-use crate::broker::recorder::{log, unix_ms};
+use crate::broker::stamp::{log, unix_ms};
 use crate::layout::StateLayout;
 
 /// Longest time a publisher's log holds lines that are not yet synced (they

@@ -26,14 +26,14 @@ use smol::Timer;
 use serde_json::Value;
 
 use super::buslog::Append;
+use super::context::{Ctx, FINAL_GRACE, WRITE_TIMEOUT};
 use super::frame::{self, ClientFrame, Decoder};
 use super::hello::{GREETING, MAX_HELLO_LINE};
 use super::hub::{Delivery, Frame, HubMsg};
 use super::line::{LinePush, LineReader};
 use super::reason::Reason;
-use super::recorder::unix_ms;
-use super::server::{Ctx, FINAL_GRACE, WRITE_TIMEOUT};
 use super::session::{Effect, Input, Session, State};
+use super::stamp::unix_ms;
 
 mod outbound;
 mod socket;

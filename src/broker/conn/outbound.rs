@@ -9,8 +9,8 @@ use futures_lite::{AsyncWriteExt, FutureExt, future};
 use smol::Timer;
 
 use super::socket::Stream;
+use crate::broker::context::{FINAL_GRACE, WRITE_TIMEOUT};
 use crate::broker::hub::Frame;
-use crate::broker::server::{FINAL_GRACE, WRITE_TIMEOUT};
 
 /// What the writer task does next.
 enum Next {

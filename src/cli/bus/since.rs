@@ -137,7 +137,7 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// days_from_civil; the inverse of `broker::events::utc`).
+/// days_from_civil; the inverse of `broker::stamp::utc`).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -151,7 +151,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::events::utc;
+    use crate::broker::stamp::utc;
 
     const NOW: u64 = 1_795_400_000_000;
 

@@ -20,7 +20,7 @@ use super::rotated::last_record;
 use super::since::Since;
 use crate::broker::buslog::{LogRecord, generations};
 use crate::broker::consumer::render_line;
-use crate::broker::recorder::unix_ms;
+use crate::broker::stamp::unix_ms;
 use crate::layout::StateLayout;
 
 /// How often `tail -f` looks for new lines.
