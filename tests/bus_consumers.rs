@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -18,7 +18,8 @@ use castra::broker::frame::{BrokerFrame, ClientFrame};
 use castra::broker::host_client::{self, HostSession, SessionError};
 use castra::broker::reason::Reason;
 use common::broker::{Broker, Guest, cli, encode, pct, state_root};
-use common::free_port;
+use common::{free_port, signal};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 /// A running `castra bus subscribe`, once it said it is subscribed.
@@ -62,15 +63,6 @@ impl Drop for Subscriber {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 #[test]
@@ -137,7 +129,7 @@ fn a_host_consumer_receives_guest_and_host_messages_live() {
         "{line}"
     );
     // Ctrl-C ends it with 0, and its session with it.
-    signal(text_sub.child.id(), "-INT");
+    signal(text_sub.child.id().into(), Signal::SIGINT);
     let status = text_sub.child.wait().unwrap();
     assert!(status.success(), "SIGINT exits 0: {status}");
     broker.state_when(|s| s.host.sessions == 0 && !s.host.bus_subscribed);
@@ -155,7 +147,7 @@ fn a_host_consumer_receives_guest_and_host_messages_live() {
         .spawn()
         .unwrap();
     broker.state_when(|s| s.host.sessions == 1);
-    signal(broker.pid(), "-TERM");
+    signal(broker.pid().into(), Signal::SIGTERM);
     let out = last.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -11,7 +11,8 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Project, stderr, stdout, vm};
+use common::{Project, signal, stderr, stdout, vm};
+use nix::sys::signal::Signal;
 
 fn config(port: u16, a_mem: &str) -> String {
     format!(
@@ -207,17 +208,11 @@ fn step_lines(text: &str) -> Vec<&str> {
 
 /// `status --json` while `pid` is frozen with SIGSTOP: it must answer in well under a second.
 fn status_with_frozen(p: &Project, pid: i64, what: &str) -> serde_json::Value {
-    let signal = |sig: &str| {
-        Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-    };
-    signal("-STOP");
+    signal(pid, Signal::SIGSTOP);
     let t = Instant::now();
     let s = p.json(&["status", "--json"]);
     let took = t.elapsed();
-    signal("-CONT");
+    signal(pid, Signal::SIGCONT);
     assert!(
         took.as_millis() < 1000,
         "status took {took:?} with a frozen {what}"
@@ -298,10 +293,7 @@ fn apply_noop_drift_crash_freeze_down() {
     assert_eq!(b1, b0, "b was restarted but did not change");
 
     // 5. kill -9 b's QEMU: status shows it stopped, not running.
-    Command::new("kill")
-        .args(["-9", &b1.to_string()])
-        .status()
-        .unwrap();
+    signal(b1, Signal::SIGKILL);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let s = p.json(&["status", "--json"]);
     assert_eq!(vm(&s, "b")["state"], "stopped", "{s}");
@@ -327,10 +319,7 @@ fn apply_noop_drift_crash_freeze_down() {
         .spawn()
         .expect("start apply --watch");
     std::thread::sleep(std::time::Duration::from_secs(1));
-    Command::new("kill")
-        .args(["-9", &b2.to_string()])
-        .status()
-        .unwrap();
+    signal(b2, Signal::SIGKILL);
     let t = Instant::now();
     let b3 = loop {
         let s = p.json(&["status", "--json"]);
@@ -409,10 +398,7 @@ fn apply_noop_drift_crash_freeze_down() {
     assert_eq!(s["broker"]["state"], "running", "{s}");
 
     // kill -9 the broker: status says offline at once, guests are no longer reachable.
-    Command::new("kill")
-        .args(["-9", &broker_pid.to_string()])
-        .status()
-        .unwrap();
+    signal(broker_pid, Signal::SIGKILL);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let t = Instant::now();
     let s = p.json(&["status", "--json"]);

@@ -10,6 +10,9 @@ pub mod broker;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
 pub fn castra_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_castra"))
 }
@@ -87,6 +90,13 @@ impl Project {
     }
 }
 
+/// Send `sig` to `pid` (nix, not the `kill` tool: a fresh minbase root has none).
+/// Panics when the signal cannot be sent (the process is gone or not ours).
+pub fn signal(pid: i64, sig: Signal) {
+    let raw = i32::try_from(pid).expect("a pid fits in i32");
+    kill(Pid::from_raw(raw), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+}
+
 /// A TCP port that was free a moment ago (for `[broker] port` in test projects,
 /// so tests never collide with each other or with a real project on 7750).
 pub fn free_port() -> u16 {
@@ -100,10 +110,8 @@ impl Drop for Project {
     fn drop(&mut self) {
         for pid in self.pids_mentioning(|_| true) {
             // SIGCONT first: a test may have frozen it.
-            let _ = Command::new("kill")
-                .args(["-CONT", &pid.to_string()])
-                .status();
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
