@@ -16,6 +16,10 @@
 # untracked files are not.
 # Env: CASTRA_FRESH_DIR   where base and run roots live (default /var/tmp/castra-fresh)
 #
+# The command runs with the root as the root of its own mount namespace (pivot_root, so
+# programs that re-enter their namespace, as Nix does, stay inside), and everything it
+# leaves running is killed afterwards.
+#
 # The base root is made once per (suite, mirror, package list, toolchain) and never
 # entered: each run works on its own copy, so nothing ever installs into the cached one.
 set -euo pipefail
@@ -105,20 +109,23 @@ for old in "$dir"/run.*; do
 done
 root=$(mktemp -d "$dir/run.XXXXXX")
 chmod 755 "$root"
-mounts=(proc sys dev dev/pts dev/shm run)
+nsfile="$root.mntns"
 teardown() {
-  # Whatever the command left running inside (a broker, a QEMU) goes with the root.
-  local pids=() p
-  for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && pids+=("${p#/proc/}")
-  done
+  # Whatever the command left running (a broker, a QEMU) goes with the root: every
+  # process in the run's mount namespace. Its mounts go with the last of them.
+  local ns pids=() p
+  ns=$(cat "$nsfile" 2>/dev/null || true)
+  if [ -n "$ns" ]; then
+    for p in /proc/[0-9]*; do
+      [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && pids+=("${p#/proc/}")
+    done
+  fi
   if [ ${#pids[@]} -gt 0 ]; then
     say "killing ${#pids[@]} process(es) left in the root"
     kill -9 "${pids[@]}" 2>/dev/null || true
     sleep 1
   fi
-  local i
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "$root/${mounts[i]}" 2>/dev/null || true; done
+  rm -f "$nsfile"
 }
 trap teardown EXIT
 cp -a "$base/." "$root/"
@@ -127,13 +134,6 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 # Registries may sit behind a proxy whose CA this host trusts.
 cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-mount -t proc proc "$root/proc"
-mount --bind /sys "$root/sys"
-mount --bind /dev "$root/dev"
-mount --bind /dev/pts "$root/dev/pts"
-mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
-mount -t tmpfs -o mode=755 tmpfs "$root/run"
-
 rev=$(git stash create 2>/dev/null || true)
 rev=${rev:-HEAD}
 git clone -q "$src" "$root/root/project"
@@ -143,9 +143,27 @@ say "root $root ready in $(elapsed) (project at $(git -C "$root/root/project" re
 # --- 3. the command, as a new user runs it ---------------------------------------------
 say "running: $command"
 set +e
-chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb CI=true LANG=C.UTF-8 \
-  PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  bash -c "cd /root/project && $command"
+# The root becomes the root of a private mount namespace (pivot_root, not chroot): a
+# program that re-enters its mount namespace (Nix does, before `nix run` executes the
+# app) then lands in the new root, as on a real machine, and not in this host's.
+unshare --mount --propagation private --fork env ROOT="$root" NSFILE="$nsfile" bash -c '
+  set -e
+  readlink /proc/self/ns/mnt > "$NSFILE"
+  mount --bind "$ROOT" "$ROOT"
+  mount -t proc proc "$ROOT/proc"
+  mount --rbind /sys "$ROOT/sys"
+  mount --rbind /dev "$ROOT/dev"
+  mount -t tmpfs -o mode=1777 tmpfs "$ROOT/dev/shm"
+  mount -t tmpfs -o mode=755 tmpfs "$ROOT/run"
+  cd "$ROOT"
+  mkdir -p .host-root
+  pivot_root . .host-root
+  umount -l /.host-root
+  rmdir /.host-root
+  exec /usr/bin/env -i HOME=/root TERM=dumb CI=true LANG=C.UTF-8 \
+    PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    bash -c "cd /root/project && $0"
+' "$command"
 code=$?
 set -e
 teardown
