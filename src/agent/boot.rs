@@ -1,6 +1,7 @@
 //! Where the agent learns who it is: the kernel command line
 //! (`castra.vm=<name> castra.broker_port=<port>`) and the fw_cfg token file
-//! that castra attaches to every VM. Pure parsing plus two small reads.
+//! that castra attaches to every VM (read with `broker::token::read_token`, the one
+//! reader host and guest share). Pure parsing plus a small read.
 
 use std::path::Path;
 
@@ -36,12 +37,6 @@ pub fn read_cmdline(path: &Path) -> BootParams {
     parse_cmdline(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
-/// Read a token file (whitespace trimmed); `None` when absent or empty.
-pub fn read_token(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(text.trim().to_owned()).filter(|t| !t.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,16 +58,5 @@ mod tests {
             let p = parse_cmdline(line);
             assert_eq!((p.vm.as_deref(), p.broker_port), (vm, port), "{line}");
         }
-    }
-
-    #[test]
-    fn token_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raw");
-        assert_eq!(read_token(&path), None);
-        std::fs::write(&path, "\n").unwrap();
-        assert_eq!(read_token(&path), None);
-        std::fs::write(&path, "abc\n").unwrap();
-        assert_eq!(read_token(&path).as_deref(), Some("abc"));
     }
 }

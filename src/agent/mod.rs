@@ -129,7 +129,7 @@ pub fn config_from(
         token_file,
         heartbeat_interval: Duration::from_millis(heartbeat_ms),
         shares_file: env("CASTRA_AGENT_SHARES_FILE")
-            .unwrap_or_else(|| shares::FW_CFG_SHARES.into())
+            .unwrap_or_else(|| crate::config::share_table::FW_CFG_SHARES_PATH.into())
             .into(),
     })
 }
@@ -166,7 +166,7 @@ fn target(config: &AgentConfig) -> Target {
         hello: Hello {
             vm: config.vm.clone(),
             capabilities: vec![CAP_BUS_V1.to_owned()],
-            token: boot::read_token(&config.token_file),
+            token: crate::broker::token::read_token(&config.token_file),
         },
         heartbeat_interval: config.heartbeat_interval,
         connect_timeout: Duration::from_secs(3),

@@ -329,12 +329,10 @@ fn deliver_and_follow(
         std::thread::sleep(Duration::from_millis(200));
     }
     // 2. The request, secrets sealed with this launch's token.
-    let token = crate::agent::boot::read_token(&layout.vm(vm).token()).ok_or_else(|| {
+    let token = crate::broker::token::read_token(&layout.vm(vm).token()).ok_or_else(|| {
+        let at = layout.vm(vm).token();
         (
-            format!(
-                "no token in {} (is the VM running?)",
-                layout.vm(vm).token().display()
-            ),
+            format!("no token in {} (is the VM running?)", at.display()),
             None,
         )
     })?;

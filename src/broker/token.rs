@@ -28,6 +28,14 @@ pub fn tokens_match(expected: &[u8], given: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Read a token file (whitespace trimmed); `None` when absent, unreadable or empty. The
+/// one reader of the format for the guest agent (its fw_cfg file) and the host (a VM's
+/// `token` file in the state root).
+pub fn read_token(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
 /// Read a token file. `NotFound` (of the file or its directory) is `Unknown`.
 pub fn read_token_file(path: &Path) -> TokenLookup {
     match std::fs::read_to_string(path) {
@@ -78,5 +86,16 @@ mod tests {
         let bad = dir.path().join("dir-token");
         std::fs::create_dir(&bad).unwrap();
         assert!(matches!(read_token_file(&bad), TokenLookup::Unreadable(_)));
+    }
+
+    #[test]
+    fn trimmed_tokens_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw");
+        assert_eq!(read_token(&path), None);
+        std::fs::write(&path, "\n").unwrap();
+        assert_eq!(read_token(&path), None);
+        std::fs::write(&path, "abc\n").unwrap();
+        assert_eq!(read_token(&path).as_deref(), Some("abc"));
     }
 }

@@ -17,7 +17,8 @@ use crate::reconcile::execute::StepResult;
 use crate::reconcile::plan::Plan;
 use crate::reconcile::watch::{self, WATCH_DEPTH};
 
-use super::{EXIT_CHANGES_PENDING, EXIT_ERROR, load_project};
+use super::exit::{EXIT_CHANGES_PENDING, EXIT_ERROR};
+use super::project::load_project;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {

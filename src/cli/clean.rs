@@ -65,7 +65,7 @@ pub fn run(args: &CleanArgs, project: &Project) -> Result<ExitCode> {
     Ok(if errors.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(super::EXIT_ERROR)
+        ExitCode::from(super::exit::EXIT_ERROR)
     })
 }
 

@@ -6,34 +6,21 @@ mod apply;
 pub mod broker;
 pub mod bus;
 mod clean;
+pub mod exit;
 pub mod image;
 mod init;
 mod logs;
+pub mod project;
 mod status;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, AccelChoice, Project};
-
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_ERROR: u8 = 1;
-pub const EXIT_CHANGES_PENDING: u8 = 2;
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  success (for `plan`: no changes)
-  1  error, or `apply` did not converge
-  2  `plan` only: changes pending (like `terraform plan -detailed-exitcode`)
-
-Environment:
-  CASTRA_CONFIG     path of castra.toml (same as --config)
-  CASTRA_ACCEL      auto|kvm|tcg: overrides every VM's `accel`
-  CASTRA_CACHE_DIR  where the default guest image is cached (default ~/.cache/castra)
-  CASTRA_QEMU       QEMU binary (default qemu-system-x86_64)";
+use exit::{EXIT_CODES, EXIT_ERROR};
+pub use project::load_project;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -119,33 +106,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bus(args) => bus::run(args, &load_project(config)?),
         Command::Broker(args) => broker::run(args),
     }
-}
-
-/// Find and load castra.toml, then apply `CASTRA_ACCEL`.
-pub fn load_project(explicit: Option<&Path>) -> Result<Project> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            config::discover(&cwd).with_context(|| {
-                format!(
-                    "no {} in {} or any parent directory; run `castra init` to write one, or pass --config",
-                    config::CONFIG_FILE_NAME,
-                    cwd.display()
-                )
-            })?
-        }
-    };
-    let mut project = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Ok(value) = std::env::var("CASTRA_ACCEL") {
-        let choice: AccelChoice = value
-            .parse()
-            .map_err(|e| anyhow::anyhow!("CASTRA_ACCEL={value:?}: {e}"))?;
-        for vm in &mut project.vms {
-            vm.accel = choice;
-        }
-    }
-    Ok(project)
 }
 
 /// Every command: output cut short by its reader (`castra plan | head -1`)

@@ -21,6 +21,7 @@ mod load_tests;
 mod names;
 mod raw;
 mod schema;
+pub mod share_table;
 mod shares;
 mod size;
 mod suggest;

@@ -184,12 +184,12 @@ impl<'a> Executor<'a> {
         let mut fw_cfg = vec![(TOKEN_FW_CFG.to_string(), paths.token())];
         if !spec.shares.is_empty() {
             check_shares(vm, &spec.shares)?;
-            let table = crate::agent::shares::render(&spec.shares);
+            let table = crate::config::share_table::render(&spec.shares);
             crate::fsutil::write_atomic(&paths.shares(), table.as_bytes()).map_err(|e| {
                 format!("vm {vm:?}: cannot write {}: {e}", paths.shares().display())
             })?;
             fw_cfg.push((
-                crate::agent::shares::FW_CFG_NAME.to_string(),
+                crate::config::share_table::FW_CFG_NAME.to_string(),
                 paths.shares(),
             ));
         }
