@@ -14,7 +14,21 @@ phase_done() { # NAME: the time since the last mark goes to NAME
   phases+=("$1 $((now - mark))s")
   mark=$now
 }
-report() { [ ${#phases[@]} -gt 0 ] && echo "test.sh: phases: ${phases[*]}"; }
+log=$(mktemp -d)
+report() {
+  [ ${#phases[@]} -gt 0 ] && echo "test.sh: phases: ${phases[*]}"
+  # What ran: every cargo test binary with its counts (none is optional: a test
+  # whose tool is missing fails), then check-nix's optional parts, ran or skipped.
+  if [ -s "$log/cargo" ]; then
+    echo "test.sh: suites:"
+    awk '/^ *Running /{name=($2=="unittests")?$3:$2} /^test result:/{sub(/^test result: /,""); sub(/; finished.*/,""); print "  " name ": " $0}' "$log/cargo"
+  fi
+  if [ -s "$log/nix" ]; then
+    echo "test.sh: optional nix checks:"
+    grep -E '^(ok|skip) ' "$log/nix" | sed 's/^/  /'
+  fi
+  rm -rf "$log"
+}
 trap report EXIT
 
 ./scripts/setup-host.sh
@@ -32,7 +46,7 @@ cargo test --lib --bins --tests --no-run --quiet
 phase_done build
 
 # Nix files: parse every one, evaluate what evaluates offline (docs/NIX.md).
-CASTRA_BIN="$PWD/target/debug/castra" ./scripts/check-nix.sh
+CASTRA_BIN="$PWD/target/debug/castra" ./scripts/check-nix.sh | tee "$log/nix"
 # Benchmarks are left out on purpose: they run on demand (cargo bench).
-INSTA_UPDATE=no cargo test --lib --bins --tests -- --test-threads=2
+INSTA_UPDATE=no cargo test --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log/cargo"
 phase_done tests

@@ -4,7 +4,7 @@
 //! `candidates` decides from an observe; `remove` deletes. The caller holds the
 //! project lock so no apply can start a VM in between.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::layout::StateLayout;
 use crate::reconcile::observe::{Observed, VmState};
@@ -60,20 +60,7 @@ pub fn remove(items: &[CleanItem]) -> (u64, Vec<String>) {
     (reclaimed, errors)
 }
 
-/// Bytes allocated on disk under `path` (sparse overlays count what they use).
-pub fn disk_usage(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if meta.is_dir() {
-        std::fs::read_dir(path)
-            .map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum())
-            .unwrap_or(0)
-    } else {
-        meta.blocks() * 512
-    }
-}
+pub use crate::fsutil::disk_usage;
 
 #[cfg(test)]
 mod tests {

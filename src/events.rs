@@ -46,6 +46,9 @@ pub enum Event {
     },
     /// A VM failed to stop.
     VmStopFailed { vm: String, error: String },
+    /// A restart's new spec failed after the old VM stopped; the VM was
+    /// started again on the spec it ran before (`error`: why the new one failed).
+    VmRolledBack { vm: String, error: String, pid: i32 },
     /// Fresh observe after execute found nothing left to do.
     Converged { vms: usize },
     /// Fresh observe after execute still found work: not converged.
@@ -56,6 +59,9 @@ pub enum Event {
     BrokerFailed { error: String },
     /// The broker was stopped (no VM runs any more).
     BrokerStopped,
+    /// `apply --watch` finished a round and now waits for a change of
+    /// `config` or the death of one of `vms` (the VMs running after the round).
+    Watching { config: String, vms: Vec<String> },
     /// `apply --watch` noticed something and reconciles again.
     WatchTriggered { cause: String },
     /// apply will run this VM's bootstrap (`why`: the mode decision).
@@ -111,7 +117,12 @@ impl Event {
                 fmt_ms(*elapsed)
             ),
             Event::VmStopFailed { vm, error } => format!("{vm}: failed to stop: {error}"),
-            Event::Converged { vms } => format!("converged: {vms} VM(s) as declared"),
+            Event::VmRolledBack { vm, error, pid } => format!(
+                "{vm}: rolled back: the new spec failed ({error}); running the previous spec again (pid {pid})"
+            ),
+            Event::Converged { vms } => format!(
+                "launched as declared: {vms} VM(s) match castra.toml (QEMU running; guests may still be booting)"
+            ),
             Event::NotConverged { pending } => {
                 format!("not converged; still pending: {}", pending.join(", "))
             }
@@ -120,6 +131,10 @@ impl Event {
             }
             Event::BrokerFailed { error } => format!("broker: failed to start: {error}"),
             Event::BrokerStopped => "broker: stopped".into(),
+            Event::Watching { config, vms } => format!(
+                "watching {config} and {} VM(s); Ctrl-C to stop watching (VMs keep running)",
+                vms.len()
+            ),
             Event::WatchTriggered { cause } => format!("watch: {cause}; reconciling"),
             Event::BootstrapPlanned { vm, why, .. } => format!("{vm}: bootstrap planned ({why})"),
             Event::BootstrapStarted { vm, run } => {
@@ -226,7 +241,9 @@ impl Reporter {
             }
         }
         if self.json_stdout {
-            println!("{line}");
+            // Best-effort like the file: a reader gone from stdout meets the
+            // command's own output next, which ends it quietly.
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
         } else if self.human && !(self.results_on_stdout && event.is_result()) {
             eprintln!("{}", event.human());
         }

@@ -1,7 +1,7 @@
 //! Small filesystem helpers shared by the modules that write the state root
 //! and the image cache: owner-only directories, best-effort removal, atomic
 //! replacement of a file, and JSON state files (read when present, written
-//! atomically, errors that name the file and the fix). Nothing
+//! atomically, errors that name the file and the fix), disk usage. Nothing
 //! castra-specific.
 
 use std::fs::File;
@@ -99,6 +99,21 @@ impl JsonFile {
             path: path.to_owned(),
             source,
         })
+    }
+}
+
+/// Bytes allocated on disk under `path` (sparse overlays count what they use).
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        meta.blocks() * 512
     }
 }
 

@@ -21,6 +21,7 @@
 //!     serial.log                   guest serial console
 //!     qemu.log                     QEMU's own stderr
 //!     overlay.qcow2                copy-on-write overlay (disk images only)
+//!     fw_cfg.vm, fw_cfg.broker_port  name and broker port, by fw_cfg (opt/castra/vm, ...)
 //!     token                        the VM's secret (0600); its existence makes the VM
 //!                                  known to the broker; passed to QEMU by fw_cfg
 //!     bootstrap.json               the latest bootstrap run: state, fingerprint, launch
@@ -36,6 +37,7 @@ pub const MAX_SOCKET_PATH: usize = 107;
 
 pub const LOCK_FILE: &str = "lock";
 pub const EVENTS_FILE: &str = "events.jsonl";
+pub const PROJECT_INFO: &str = "project.json";
 pub const VMS_DIR: &str = "vms";
 pub const LAUNCH_RECORD: &str = "launch.json";
 pub const QEMU_PIDFILE: &str = "qemu.pid";
@@ -44,6 +46,11 @@ pub const SERIAL_LOG: &str = "serial.log";
 pub const QEMU_LOG: &str = "qemu.log";
 pub const OVERLAY: &str = "overlay.qcow2";
 pub const VM_TOKEN: &str = "token";
+/// The VM's name and the broker port, handed to the guest by fw_cfg
+/// (`opt/castra/vm`, `opt/castra/broker_port`) for guests without castra's
+/// kernel command line (disks booted through firmware).
+pub const VM_FW_NAME: &str = "fw_cfg.vm";
+pub const VM_FW_BROKER_PORT: &str = "fw_cfg.broker_port";
 /// The VM's share table, handed to the guest agent by fw_cfg (`opt/castra/shares`).
 pub const VM_SHARES: &str = "shares";
 pub const BOOTSTRAP_RECORD: &str = "bootstrap.json";
@@ -78,6 +85,10 @@ impl StateLayout {
     }
     pub fn events_file(&self) -> PathBuf {
         self.root.join(EVENTS_FILE)
+    }
+    /// `project.json`: the project's name, config and broker port (see `reconcile::holder`).
+    pub fn project_info(&self) -> PathBuf {
+        self.root.join(PROJECT_INFO)
     }
     pub fn vms_dir(&self) -> PathBuf {
         self.root.join(VMS_DIR)
@@ -142,6 +153,12 @@ impl VmPaths {
     }
     pub fn overlay(&self) -> PathBuf {
         self.dir.join(OVERLAY)
+    }
+    pub fn fw_name(&self) -> PathBuf {
+        self.dir.join(VM_FW_NAME)
+    }
+    pub fn fw_broker_port(&self) -> PathBuf {
+        self.dir.join(VM_FW_BROKER_PORT)
     }
     pub fn token(&self) -> PathBuf {
         self.dir.join(VM_TOKEN)

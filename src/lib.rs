@@ -10,6 +10,7 @@ pub mod broker;
 pub mod clean;
 pub mod cli;
 pub mod config;
+pub mod cp;
 pub mod events;
 pub mod fsutil;
 pub mod image;

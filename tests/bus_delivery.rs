@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use common::broker::{Broker, Guest, agent, cli, json_seqs, state_root as project};
-use common::{free_port, ok_stdout};
+use common::{KillOnDrop, free_port, ok_stdout};
 use serde_json::{Value, json};
 
 #[test]
@@ -31,11 +31,11 @@ fn deliver_across_guests_host_agent_and_cli() {
     b.subscribe("broadcast");
 
     // The real agent subscribes in guest a, as a shell script would.
-    let mut sub = agent(port, "a", root.path(), &["subscribe", "--topic", "vm:a"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut sub = KillOnDrop::spawn(
+        agent(port, "a", root.path(), &["subscribe", "--topic", "vm:a"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let mut sub_err = BufReader::new(sub.stderr.take().unwrap());
     let mut l = String::new();
     sub_err.read_line(&mut l).unwrap();
@@ -77,8 +77,7 @@ fn deliver_across_guests_host_agent_and_cli() {
         (got["seq"].as_u64(), &got["payload"]),
         (Some(host_seq), &json!({"job": 7}))
     );
-    let _ = sub.kill();
-    let _ = sub.wait();
+    drop(sub);
 
     // The real agent publishes from guest b (durable ack: prints the seq).
     let out = agent(

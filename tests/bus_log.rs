@@ -14,7 +14,7 @@ use std::time::Duration;
 use castra::broker::buslog::read_records;
 use castra::broker::host_client;
 use common::broker::{Broker, cli, json_seqs, state_root as project};
-use common::{free_port, ok_stdout};
+use common::{KillOnDrop, free_port, ok_stdout};
 use serde_json::{Value, json};
 
 /// Publish `{"i": i, "pad": ...}` on `jobs` through the host socket under
@@ -40,21 +40,35 @@ fn logs_rotate_by_size_and_tail_and_restart_read_across_rotation() {
         &["--bus-log-max-bytes", "1000", "--bus-log-keep", "3"],
     );
     let cli = |args: &[&str]| cli(root.path(), args);
-    // A follower started before anything is logged sees every record, across rotations.
-    let mut follow = cli(&["bus", "tail", "-f", "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // A follower started before anything is logged sees every record, across
+    // rotations. Each publish waits until the follower printed the one before
+    // (so it never falls more than the 3 kept generations behind, however
+    // loaded the machine is); a rotation comes every few records.
+    let mut follow =
+        KillOnDrop::spawn(cli(&["bus", "tail", "-f", "--json"]).stdout(Stdio::piped()));
+    let (ftx, frx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let _ = ftx.send(v["seq"].as_u64().unwrap());
+        }
+    });
     let publish = |i: u64| publish_job(root.path(), i);
-    // Paced (a rotation every ~80 ms, 3 kept) so the follower, polling every
-    // 50 ms, is never more than the kept generations behind.
+    let mut followed = Vec::new();
     let acked: Vec<u64> = (0..60)
         .map(|i| {
-            thread::sleep(Duration::from_millis(10));
-            publish(i)
+            let seq = publish(i);
+            followed.push(
+                frx.recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|e| panic!("the follower did not print seq {seq}: {e}")),
+            );
+            seq
         })
         .collect();
+    drop(follow);
     assert_eq!(acked, (1..=60).collect::<Vec<_>>());
+    assert_eq!(followed, acked);
     let bus = root.path().join("logs/bus");
     for name in ["all.log", "host.log"] {
         for n in 1..=3 {
@@ -64,20 +78,6 @@ fn logs_rotate_by_size_and_tail_and_restart_read_across_rotation() {
         }
         assert!(!bus.join(format!("{name}.4")).exists(), "keep 3");
     }
-    let (ftx, frx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&line).unwrap();
-            let _ = ftx.send(v["seq"].as_u64().unwrap());
-        }
-    });
-    let followed: Vec<u64> = (0..60)
-        .map_while(|_| frx.recv_timeout(Duration::from_secs(5)).ok())
-        .collect();
-    let _ = follow.kill();
-    let _ = follow.wait();
-    assert_eq!(followed, acked);
 
     // A plain tail reads the kept generations, oldest first, then the live file.
     let seqs = |out: std::process::Output| json_seqs(&out.stdout);
@@ -122,7 +122,8 @@ fn tail_since_a_time_a_duration_or_a_seq_across_rotation_and_with_follow() {
             .unwrap();
         json_seqs(ok_stdout(&out).as_bytes())
     };
-    // Two batches 1.2 s apart, spread over several rotated files.
+    // Two batches 1.2 s apart, spread over several rotated files (the sleep
+    // makes a gap in the records' timestamps; it waits for no state).
     for i in 1..=20 {
         assert_eq!(publish(i), i);
     }
@@ -143,23 +144,29 @@ fn tail_since_a_time_a_duration_or_a_seq_across_rotation_and_with_follow() {
     // The log's own timestamp format is accepted as it is printed.
     let at21 = castra::broker::stamp::utc(ts(21));
     assert_eq!(tail(&["--since", &at21]), (21..=40).collect::<Vec<_>>());
-    // A duration ago that lands in the 1.2 s gap (tail starts < 600 ms later).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let ago = format!("{}ms", now - ts(21) + 600);
-    assert_eq!(tail(&["--since", &ago]), (21..=40).collect::<Vec<_>>());
+    // A duration ago that lands in the 1.2 s gap between the batches, if
+    // the tail has started within 600 ms; a try that took longer (a loaded
+    // machine) proves nothing and is made again.
+    let now_ms = || castra::broker::stamp::unix_ms();
+    let got = (0..20)
+        .find_map(|_| {
+            let now = now_ms();
+            let ago = format!("{}ms", now - ts(21) + 600);
+            let got = tail(&["--since", &ago]);
+            (now_ms() - now < 600).then_some(got)
+        })
+        .expect("no tail finished within 600 ms in 20 tries");
+    assert_eq!(got, (21..=40).collect::<Vec<_>>());
     assert!(tail(&["--since", "2h"]).len() == 40);
 
     // With -f: the matching past, then what comes.
-    let mut follow = cli(
-        root.path(),
-        &["bus", "tail", "-f", "--json", "--since", "seq:39"],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut follow = KillOnDrop::spawn(
+        cli(
+            root.path(),
+            &["bus", "tail", "-f", "--json", "--since", "seq:39"],
+        )
+        .stdout(Stdio::piped()),
+    );
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
     let mut next = || -> u64 {
         serde_json::from_str::<Value>(&lines.next().unwrap().unwrap()).unwrap()["seq"]
@@ -170,8 +177,7 @@ fn tail_since_a_time_a_duration_or_a_seq_across_rotation_and_with_follow() {
     publish(41);
     publish(42);
     assert_eq!((next(), next()), (41, 42));
-    let _ = follow.kill();
-    let _ = follow.wait();
+    drop(follow);
 
     // Bad input names the accepted forms.
     let out = cli(root.path(), &["bus", "tail", "--since", "yesterday"])

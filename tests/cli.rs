@@ -9,20 +9,40 @@ use common::{Project, stderr, stdout, vm};
 fn init_writes_a_config_that_plans_two_starts() {
     let p = Project::new("");
     std::fs::remove_file(p.path().join("castra.toml")).unwrap();
-    let out = p.castra(&["init"]);
+    // With no image built, init says to build it first.
+    let empty_cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::castra_bin())
+        .arg("init")
+        .current_dir(p.path())
+        .env("CASTRA_CACHE_DIR", empty_cache.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("next: `castra image build` (once)"),
+        "{}",
+        stdout(&out)
+    );
     assert!(p.path().join("castra.toml").exists());
     // A second init refuses to overwrite.
     let out = p.castra(&["init"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 
-    // A private broker port, so a real castra project on this host cannot interfere.
+    // init chose this project's own port block (17000..24999), free right now.
     let path = p.path().join("castra.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("# port = 7750"), "{text}");
-    let port = format!("port = {}", common::free_port());
-    std::fs::write(&path, text.replacen("# port = 7750", &port, 1)).unwrap();
+    let port: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no [broker] port in {text}"));
+    assert!((17000..=24999).contains(&port), "{port}");
+    assert!(
+        text.contains(&format!("forwards = [\"{}:80\"]", port + 1)),
+        "{text}"
+    );
 
     let out = p.castra(&["plan"]);
     assert_eq!(
@@ -112,6 +132,13 @@ fn a_taken_host_port_is_caught_at_plan_time() {
     let err = stderr(&out);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("already in use"), "{err}");
+    // Who holds it (this test process) and where castra.toml asks for it.
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(err.contains("--> castra.toml:3:13"), "{err}");
+    assert!(err.contains("apply would refuse"), "{err}");
 }
 
 #[test]
@@ -151,7 +178,15 @@ fn clean_dry_run_on_fresh_project() {
 fn output_cut_short_by_its_reader_ends_quietly() {
     // `castra plan | head -0`: the reader is gone before castra writes.
     let p = Project::new("[project]\nname = \"pipe\"\n[[vms]]\nname = \"web\"\n");
-    for args in [&["plan"][..], &["plan", "--json"]] {
+    // Plan and status, text and JSON: each write meets EPIPE, which castra
+    // recognises by its kind (not a panic, not a signal) and ends with 0.
+    for args in [
+        &["plan"][..],
+        &["plan", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["apply", "--dry-run"],
+    ] {
         // A pipe whose read end is closed before castra starts: every write
         // fails with EPIPE, whatever the timing.
         let (read_end, write_end) = nix::unistd::pipe().unwrap();
@@ -171,4 +206,96 @@ fn output_cut_short_by_its_reader_ends_quietly() {
         );
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
+}
+
+#[test]
+fn the_original_castras_up_points_to_apply() {
+    let p = Project::new("");
+    let out = p.castra(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("run `castra apply`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_missing_launch_input_is_located_and_apply_changes_nothing() {
+    let p = Project::new(&format!(
+        "[broker]\nport = {}\n\n[[vms]]\nname = \"web\"\nimage = {{ kernel = \"boot/vmlinux\" }}\n",
+        common::free_port()
+    ));
+    let out = p.castra(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("image.kernel"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains("--> castra.toml:6:20"), "{err}");
+    let plan = p.json(&["plan", "--json"]);
+    assert_eq!(plan["problems"][0]["line"], 6, "{plan}");
+    let out = p.castra(&["apply"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing started: no broker pidfile, no VM directory.
+    assert!(!p.path().join(".castra/broker/broker.pid").exists());
+    assert!(!p.path().join(".castra/vms/web").exists());
+}
+
+#[test]
+fn image_prune_removes_old_builds_but_never_one_in_use() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = cache.path();
+    for key in ["aaa", "bbb", "ccc"] {
+        std::fs::create_dir_all(root.join("images").join(key)).unwrap();
+        std::fs::write(root.join("images").join(key).join("vmlinux"), [7u8; 10_000]).unwrap();
+    }
+    std::fs::write(root.join("images/current"), "ccc\n").unwrap();
+    // A running process whose command line names build "aaa" (as a QEMU would).
+    let kernel = root.join("images/aaa/vmlinux");
+    let mut holder = std::process::Command::new("sh")
+        .args(["-c", "read line"])
+        .arg(&kernel)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prune = |args: &[&str]| {
+        let out = std::process::Command::new(common::castra_bin())
+            .args(["image", "prune"])
+            .args(args)
+            .env("CASTRA_CACHE_DIR", root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dry = prune(&["--dry-run", "--json"]);
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
+    assert!(
+        dry["removed"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("images/bbb")
+    );
+    assert!(
+        root.join("images/bbb").exists(),
+        "a dry run removed something"
+    );
+    let done = prune(&["--json"]);
+    assert!(
+        done["reclaimed_bytes"].as_u64().unwrap() >= 10_000,
+        "{done}"
+    );
+    assert!(!root.join("images/bbb").exists());
+    assert!(kernel.exists() && root.join("images/ccc/vmlinux").exists());
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    // Nothing runs on "aaa" any more: now it goes too.
+    let again = prune(&["--json"]);
+    assert_eq!(again["removed"].as_array().unwrap().len(), 1, "{again}");
+    assert!(!kernel.exists());
 }

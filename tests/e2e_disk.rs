@@ -2,7 +2,8 @@
 //! (`qemu-img create -f qcow2 -F qcow2 -b base`), never writing the base.
 //! The disk holds no OS, so the guest sits in firmware: this checks the disk
 //! path (overlay, q35, launch, status, the shutdown ladder's SIGTERM stage
-//! for a guest that ignores the power button, clean), not a boot.
+//! for a guest that ignores the power button, clean, the name and broker
+//! port handed over by fw_cfg), not a boot.
 
 mod common;
 
@@ -49,6 +50,16 @@ fn a_disk_vm_runs_on_an_overlay_and_leaves_the_base_alone() {
             .unwrap();
     let argv = launch["argv"].to_string();
     assert!(argv.contains("q35"), "{argv}");
+    // A disk booted through firmware gets no castra kernel command line: its
+    // name and the broker port go by fw_cfg (the agent reads them from there).
+    assert!(argv.contains("name=opt/castra/vm,file="), "{argv}");
+    assert!(argv.contains("name=opt/castra/broker_port,file="), "{argv}");
+    let dir = p.path().join(".castra/vms/d");
+    assert_eq!(std::fs::read_to_string(dir.join("fw_cfg.vm")).unwrap(), "d");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("fw_cfg.broker_port")).unwrap(),
+        port.to_string()
+    );
 
     // Firmware ignores the power button: the ladder escalates to SIGTERM.
     let out = p.castra(&["down"]);

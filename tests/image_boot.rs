@@ -1,19 +1,23 @@
 //! End-to-end test of the default guest image: build it with the library API
 //! into a temporary cache (this downloads the Debian kernel package with
 //! apt), boot it with a hand-written `-M microvm` QEMU command under TCG, and
-//! check what castra relies on: the ready line, the broker handshake over the
-//! user-mode network carrying the fw_cfg token, the agent hook, and that QMP
-//! `system_powerdown` makes QEMU exit on its own. QEMU is always killed at the end.
+//! check what castra relies on: the ready line, the handshake with the real
+//! `castra broker` over the user-mode network carrying the fw_cfg token, the
+//! agent hook, and that QMP `system_powerdown` makes QEMU exit on its own.
+//! QEMU and the broker are always killed at the end.
+
+mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use castra::image::{self, BuildOptions, DefaultImage};
+use common::broker::{Broker, state_root_with_tokens};
+use common::free_port;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -165,28 +169,6 @@ impl Boot {
     }
 }
 
-/// A one-shot stand-in for the broker's guest port: greets, reads the hello
-/// line, answers `ok`, and returns the hello line.
-fn fake_broker() -> (u16, std::thread::JoinHandle<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handle = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream.write_all(b"castra-broker 1 ready\n").unwrap();
-        let mut hello = Vec::new();
-        let mut byte = [0u8; 1];
-        while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-            hello.push(byte[0]);
-        }
-        stream.write_all(b"ok\n").unwrap();
-        String::from_utf8(hello).unwrap()
-    });
-    (port, handle)
-}
-
 fn timed_build(opts: &BuildOptions) -> (DefaultImage, Vec<String>, Duration) {
     let mut lines = Vec::new();
     let started = Instant::now();
@@ -230,7 +212,9 @@ fn default_image_builds_boots_handshakes_and_powers_off() {
 
     // Boot 1: no agent, so the init does a handshake-only hello to the broker.
     let token = "3f1c0ffee0ddba11";
-    let (port, broker) = fake_broker();
+    let root = state_root_with_tokens(&[("testvm", token)]);
+    let port = free_port();
+    let broker = Broker::start(root.path(), port, &[]);
     let mut vm = boot(&img, &cache.path().join("vm1"), "testvm", token, port);
     let ready = vm.wait_for_line("castra-guest: ready");
     let boot_to_ready = vm.started.elapsed();
@@ -238,11 +222,15 @@ fn default_image_builds_boots_handshakes_and_powers_off() {
     let handshake = vm.wait_for_line("castra-guest: broker handshake:");
     let connect = vm.started.elapsed();
     assert!(handshake.ends_with("broker handshake: ok"), "{handshake}");
-    assert_eq!(
-        broker.join().unwrap(),
-        format!("hello vm:testvm token={token}"),
-        "the hello must carry the VM name from the command line and the fw_cfg token"
-    );
+    // The real broker granted it: so the hello carried the VM name from the
+    // command line and the fw_cfg token (a wrong one is denied), and asked
+    // for no bus (no session, no capabilities).
+    let granted = broker.wait_event(|e| e["event"] == "handshake_granted" && e["vm"] == "testvm");
+    assert_eq!(granted["session"], serde_json::Value::Null, "{granted}");
+    assert_eq!(granted["capabilities"], serde_json::json!([]), "{granted}");
+    let s = broker.state_when(|s| s.vms.get("testvm").is_some_and(|v| v.handshakes == 1));
+    assert!(s.vms["testvm"].handshake_only, "{s:#?}");
+    assert_eq!(s.denied_unknown_vm + s.vms["testvm"].denials, 0, "{s:#?}");
     let powerdown = vm.power_down();
     assert!(
         vm.console()

@@ -5,6 +5,8 @@
 //! cooperative (powerdown) stage is covered by the end-to-end tests with a
 //! real Linux guest instead. Every QEMU started here is SIGKILLed by a guard.
 
+mod common;
+
 use castra::config::{
     AccelChoice, ByteSize, Forward, ImageSpec, Lifecycle, Machine, Proto, VmSpec,
 };
@@ -14,6 +16,7 @@ use castra::qemu::process::{self, LaunchError, Liveness, ProcessIdentity};
 use castra::qemu::qmp::{Qmp, QmpError};
 use castra::qemu::shutdown::{self, ShutdownEvent, Stage};
 use castra::qemu::{Accel, BootImage, qemu_binary};
+use common::free_port;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -156,14 +159,6 @@ impl Vm {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal(id: &ProcessIdentity, sig: Signal) {
     kill(Pid::from_raw(id.pid), sig).unwrap();
 }
@@ -219,11 +214,12 @@ fn launch_probe_qmp_freeze_and_sigterm_ladder() {
     let took = start.elapsed();
     assert_eq!(l, Liveness::Alive);
     eprintln!("probe of a SIGSTOPped qemu took {took:?}");
-    assert!(took < Duration::from_millis(200), "probe took {took:?}");
+    // Bounds that only catch a hang: a frozen QEMU never answers by itself.
+    assert!(took < Duration::from_secs(10), "probe took {took:?}");
     let start = Instant::now();
     let err = Qmp::connect(&vm.paths.qmp_socket(), Duration::from_millis(300)).unwrap_err();
     assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(start.elapsed() < Duration::from_secs(30));
     signal(&id, Signal::SIGCONT);
 
     // The halting guest ignores the power button: SIGTERM stops it.
@@ -295,8 +291,9 @@ fn a_frozen_qemu_is_stopped_by_sigterm_after_qmp_times_out() {
         ]
     );
     assert_eq!(out.stopped_by, Stage::Sigterm);
-    // It did not sit out the 30 s powerdown wait for a button nobody pressed.
-    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+    // It did not sit out the 30 s powerdown wait for a button nobody pressed
+    // (the first event says QMP gave no answer, so the ladder moved on).
+    assert!(out.elapsed < Duration::from_secs(25), "{:?}", out.elapsed);
 }
 
 #[test]
@@ -304,15 +301,15 @@ fn a_process_ignoring_sigterm_is_sigkilled() {
     let marker = format!("castra-ladder-test-{}", std::process::id());
     // Our own child: once killed it stays a zombie until reaped, which the
     // ladder counts as exited.
-    let mut child = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "trap '' TERM; echo ready; while :; do sleep 1; done",
-            &marker,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::KillOnDrop::spawn(
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                "trap '' TERM; echo ready; while :; do sleep 1; done",
+                &marker,
+            ])
+            .stdout(std::process::Stdio::piped()),
+    );
     // Only once the trap is set may SIGTERM come.
     let mut ready = String::new();
     std::io::BufRead::read_line(

@@ -45,6 +45,7 @@ pub fn run_once(
     target: &Target,
     on_open: &mut dyn FnMut(&str),
     on_message: &mut dyn FnMut(&str, &str, &serde_json::Value),
+    on_stream: &mut dyn FnMut(&str),
 ) -> Ended {
     let (mut stream, session, rest) = match handshake(target) {
         Ok(open) => open,
@@ -73,7 +74,13 @@ pub fn run_once(
             };
         }
     }
-    let why = match heartbeat_loop(&mut stream, target.heartbeat_interval, &rest, on_message) {
+    let why = match heartbeat_loop(
+        &mut stream,
+        target.heartbeat_interval,
+        &rest,
+        on_message,
+        on_stream,
+    ) {
         Ok(reason) => format!("bye {reason}"),
         Err(e) => e.to_string(),
     };
@@ -130,7 +137,7 @@ fn shown(payload: &serde_json::Value) -> String {
 }
 
 /// Read one line (bounded); returns it and the bytes after it.
-fn read_line(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn read_line(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut reader = LineReader::new(MAX_HELLO_LINE);
     let mut buf = [0u8; MAX_HELLO_LINE];
     loop {
@@ -158,6 +165,7 @@ fn heartbeat_loop(
     interval: Duration,
     first: &[u8],
     on_message: &mut dyn FnMut(&str, &str, &serde_json::Value),
+    on_stream: &mut dyn FnMut(&str),
 ) -> io::Result<Reason> {
     let heartbeat = frame::encode(&ClientFrame::Heartbeat);
     let mut frames = FrameReader::new(first.to_vec());
@@ -186,6 +194,9 @@ fn heartbeat_loop(
                 on_message(&topic, &from, &payload);
                 stream.write_all(&frame::encode(&ClientFrame::Ack { seq }))?;
             }
+            // The broker asks for a stream (exec, shell, cp): it alone can,
+            // on this authenticated session.
+            Some(BrokerFrame::StreamOpen { stream: id }) => on_stream(&id),
             // Other acks, errors (a bye follows): skip.
             Some(BrokerFrame::Ack { .. }) | Some(BrokerFrame::Error { .. }) | None => {}
         }

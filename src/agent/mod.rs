@@ -10,6 +10,7 @@ pub mod boot;
 pub mod bootstrap;
 pub mod bus;
 pub mod client;
+pub mod exec;
 pub mod shares;
 
 use std::collections::hash_map::RandomState;
@@ -90,11 +91,11 @@ pub fn config_from(
         i += 2;
     }
     let cmdline = flag("--cmdline")?.unwrap_or_else(|| boot::CMDLINE.into());
-    let boot = boot::read_cmdline(cmdline.as_ref());
+    let boot = boot::read_params(cmdline.as_ref(), boot::FW_CFG_DIR.as_ref());
     let vm = flag("--vm")?
         .or_else(|| env("CASTRA_AGENT_VM"))
         .or(boot.vm)
-        .ok_or("no VM name: castra.vm= is not on the kernel command line (or pass --vm)")?;
+        .ok_or("no VM name: castra.vm= is not on the kernel command line nor opt/castra/vm in fw_cfg (or pass --vm)")?;
     if !valid_vm_name(&vm) {
         return Err(format!("invalid VM name {vm:?}"));
     }
@@ -264,7 +265,11 @@ pub fn run(config: &AgentConfig) -> ExitCode {
     let mut backoff = Backoff::default();
     let bootstraps = bootstrap::Bootstraps::default();
     loop {
-        let target = target(config);
+        let mut target = target(config);
+        target
+            .hello
+            .capabilities
+            .push(crate::broker::stream::wire::CAP_EXEC_V1.to_owned());
         if target.hello.token.is_none() {
             log.say(
                 "no-token",
@@ -287,6 +292,7 @@ pub fn run(config: &AgentConfig) -> ExitCode {
             &mut |topic, from, payload| {
                 bootstraps.handle(&target, topic, from, payload);
             },
+            &mut |id| exec::open(&target, id),
         );
         if opened {
             backoff.reset();

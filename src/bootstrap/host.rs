@@ -2,7 +2,8 @@
 //! script files), decide what this apply runs (the pure table in `decide`),
 //! and run one request to its end through the broker: wait until the guest
 //! holds a subscribed bus session of its current launch, publish the request
-//! on `vm:<name>`, follow the VM's durable bus log for its reports, write
+//! on `vm:<name>`, follow the VM's durable bus log for its reports (the
+//! crate's one follower, across rotations), write
 //! the run log (secrets masked) and `bootstrap.json`, emit events.
 //!
 //! It reads the broker's files (state.json, the bus log) and publishes
@@ -10,8 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -20,7 +21,7 @@ use super::decide::{self, Decision, Launch, Pending};
 use super::record::{self, BootstrapRecord, RunState};
 use super::redact::{redact, secret_values};
 use super::wire::{self, Report, Request, RunStatus};
-use crate::broker::buslog::LogRecord;
+use crate::broker::buslog::follow::Follower;
 use crate::broker::frame::DEFAULT_FRAME_LIMIT;
 use crate::broker::{host_client, read_snapshot};
 use crate::config::{BootstrapKind, BootstrapSpec, Project};
@@ -353,8 +354,9 @@ fn deliver_and_follow(
         sealed_env,
         timeout_ms: r.spec.timeout.min(bound).as_millis() as u64,
     };
-    let bus_log = layout.bus_vm_log(vm);
-    let mut offset = std::fs::metadata(&bus_log).map(|m| m.len()).unwrap_or(0);
+    // Only reports from now on, followed across the log's rotations.
+    let mut reports = Follower::at_end(layout.bus_vm_log(vm))
+        .map_err(|e| (format!("following the guest's reports: {e}"), None))?;
     let publish = || {
         host_client::publish(
             &layout.broker_socket(),
@@ -374,9 +376,9 @@ fn deliver_and_follow(
     let mut started = false;
     let mut sent_at = Instant::now();
     let mut last_output = Instant::now();
-    let mut partial = String::new();
     loop {
-        for rec in read_new(&bus_log, &mut offset, &mut partial) {
+        // A read error is retried at the next look, until the deadline.
+        for rec in reports.poll_records().unwrap_or_default() {
             if rec.topic != wire::TOPIC {
                 continue;
             }
@@ -459,38 +461,6 @@ fn deliver_and_follow(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Complete new lines of a bus log from `offset` on (advanced past them);
-/// a torn last line waits in `partial` for the rest.
-fn read_new(path: &Path, offset: &mut u64, partial: &mut String) -> Vec<LogRecord> {
-    let Ok(mut f) = File::open(path) else {
-        return Vec::new();
-    };
-    if f.seek(SeekFrom::Start(*offset)).is_err() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut reader = BufReader::new(f);
-    let mut line = String::new();
-    while let Ok(n) = reader.read_line(&mut line) {
-        if n == 0 {
-            break;
-        }
-        *offset += n as u64;
-        if !line.ends_with('\n') {
-            partial.push_str(&line);
-            line.clear();
-            continue;
-        }
-        partial.push_str(&line);
-        if let Ok(rec) = serde_json::from_str::<LogRecord>(partial.trim_end()) {
-            out.push(rec);
-        }
-        partial.clear();
-        line.clear();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -609,23 +579,5 @@ mod tests {
                 "> bootstrap e (auto: plan changed, run)",
             ]
         );
-    }
-
-    #[test]
-    fn read_new_waits_for_torn_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("web.log");
-        let rec = |seq: u64| {
-            format!(r#"{{"seq":{seq},"vm":"web","topic":"t","ts_ms":1,"payload":{{"n":{seq}}}}}"#)
-        };
-        let full = format!("{}\n{}", rec(1), rec(2));
-        std::fs::write(&path, &full[..full.len() - 5]).unwrap();
-        let (mut offset, mut partial) = (0, String::new());
-        let got = read_new(&path, &mut offset, &mut partial);
-        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
-        std::fs::write(&path, format!("{full}\n{}\n", rec(3))).unwrap();
-        let got = read_new(&path, &mut offset, &mut partial);
-        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
-        assert!(read_new(&path, &mut offset, &mut partial).is_empty());
     }
 }

@@ -380,17 +380,40 @@ mod tests {
     fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("late");
+        let pidfile = dir.path().join("pid");
+        // A grandchild that says who it is, then would leave a mark later.
         let script = format!(
-            "echo start; (sleep 2; touch {}) & sleep 30",
-            marker.display()
+            "sh -c 'echo $$ > {}; sleep 2; touch {}' & \
+             while [ ! -s {} ]; do :; done; echo start; sleep 30",
+            pidfile.display(),
+            marker.display(),
+            pidfile.display()
         );
         let t = Instant::now();
-        let r = run_collect(&request(&script, 300), &[], &Limits::default());
-        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let r = run_collect(&request(&script, 1000), &[], &Limits::default());
+        // Bound that only catches a hang (the script alone would take 30 s).
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
         assert_eq!(lines(&r), ["start"]);
         assert_eq!(finished(&r).0, RunStatus::Timeout);
-        std::thread::sleep(Duration::from_millis(2500));
-        assert!(!marker.exists(), "a child of the timed-out run survived");
+        // The grandchild is dead (gone, or a zombie nobody reaped yet), so
+        // the mark can never come.
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(text) = std::fs::read_to_string(&stat) {
+            if text.rsplit(") ").next().is_some_and(|s| s.starts_with('Z')) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a child of the timed-out run survived: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !marker.exists(),
+            "a child of the timed-out run wrote its mark"
+        );
     }
 
     #[test]
@@ -433,7 +456,8 @@ mod tests {
             &[],
             &Limits::default(),
         );
-        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Bound that only catches a hang (waiting for the child: 20 s).
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
         assert_eq!(lines(&r), ["done"]);
         assert_eq!(finished(&r).0, RunStatus::Ok);
     }

@@ -79,6 +79,8 @@ pub(super) struct Ctx {
     /// also waits on the sockets (`run`): a socket's readiness then runs its
     /// task without waking another thread.
     pub(super) tasks: Arc<smol::Executor<'static>>,
+    /// Agents that serve streams, and streams waiting for their agent.
+    pub(super) streams: super::stream::registry::Registry,
 }
 
 impl Ctx {

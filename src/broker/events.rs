@@ -52,6 +52,32 @@ pub enum Event {
         attempt: u32,
         peer: String,
     },
+    /// A host tool's stream (exec, shell, cp) reached the VM's agent.
+    StreamOpened {
+        vm: String,
+        stream: String,
+        user: String,
+    },
+    /// A stream ended: what ran and how much went each way (never stdin,
+    /// environment values or file contents).
+    StreamClosed {
+        vm: String,
+        stream: String,
+        user: String,
+        kind: Option<String>,
+        argv: Option<Vec<String>>,
+        path: Option<String>,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    /// A stream hello on the guest port was refused (impostor, stale id).
+    StreamRefused {
+        vm: Option<String>,
+        reason: String,
+        peer: String,
+    },
 }
 
 impl Event {
@@ -156,6 +182,27 @@ impl Event {
             } => format!(
                 "bus decision vm={vm} session={session} reason={reason} action={} attempt={attempt} peer={peer}",
                 action.as_str()
+            ),
+            Event::StreamOpened { vm, stream, user } => {
+                format!("stream opened vm={vm} stream={stream} user={user}")
+            }
+            Event::StreamClosed {
+                vm,
+                stream,
+                kind,
+                exit_code,
+                duration_ms,
+                bytes_in,
+                bytes_out,
+                ..
+            } => format!(
+                "stream closed vm={vm} stream={stream} kind={} exit={} duration_ms={duration_ms} in={bytes_in} out={bytes_out}",
+                kind.as_deref().unwrap_or("-"),
+                exit_code.map_or("-".to_owned(), |c| c.to_string())
+            ),
+            Event::StreamRefused { vm, reason, peer } => format!(
+                "stream refused vm={} reason={reason} peer={peer}",
+                vm.as_deref().unwrap_or("-")
             ),
         };
         format!("{} {body}", utc(ts_ms))

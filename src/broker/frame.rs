@@ -169,6 +169,11 @@ pub enum BrokerFrame {
     Bye {
         reason: Reason,
     },
+    /// To an agent that announced `exec-v1`: connect stream `stream`
+    /// (docs/BUS.md section 11). Never sent to host sessions.
+    StreamOpen {
+        stream: String,
+    },
 }
 
 impl BrokerFrame {
@@ -206,7 +211,7 @@ impl BrokerFrame {
     /// Parse a broker frame (clients). Frame types this build does not know
     /// are `unknown_type`, which a client should skip rather than fail on.
     pub fn parse(body: &[u8]) -> Result<BrokerFrame, Reason> {
-        parse_tagged(body, &["ack", "message", "error", "bye"])
+        parse_tagged(body, &["ack", "message", "error", "bye", "stream_open"])
     }
 }
 

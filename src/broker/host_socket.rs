@@ -55,6 +55,8 @@ pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
 /// - `publish {"topic":T,"payload":ANY,"id"?:ANY}`: a durable host publish;
 ///   the reply is the publish ack frame's JSON (`seq` when `status` is ok),
 ///   sent only after the append is synced.
+/// - `stream {"vm":V,"user":U}`: `ok stream=<id>`, then the stream's frames
+///   spliced to V's agent (`stream/`), or `error: <refusal>`.
 /// - anything else: `error: unknown_request`.
 async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
     let max = ctx.opts.frame_limit as usize + HOST_REQUEST_OVERHEAD;
@@ -85,6 +87,11 @@ async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
     let text = text.trim();
     if text == SESSION_REQUEST {
         conn::serve_host_session(ctx, stream, HOST_PEER, rest).await;
+        return;
+    }
+    if let Some(body) = text.strip_prefix("stream ") {
+        let body = body.to_owned();
+        super::stream::serve_host(ctx, stream, &body, rest).await;
         return;
     }
     let reply = if text == "status" {

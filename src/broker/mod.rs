@@ -22,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod stamp;
 pub mod state;
+pub mod stream;
 pub mod token;
 pub mod topic;
 

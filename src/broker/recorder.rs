@@ -103,6 +103,11 @@ impl RecorderHandle {
         }
     }
 
+    /// An event that comes from no session record (streams).
+    pub fn event(&self, event: Event) {
+        let _ = self.tx.send(Msg::Event(event));
+    }
+
     /// The hub's counters (`bus_overflow_dropped_total`, `bus_queue_depth`).
     pub fn bus_stats(&self, dropped_total: u64, queue_depth: u64) {
         let _ = self.tx.send(Msg::BusStats {

@@ -159,6 +159,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         bus_log: log_tx,
         next_key: AtomicU64::new(1),
         tasks: tasks.clone(),
+        streams: Default::default(),
     });
     ctx.spawn(hub::run(hub, hub_rx, ctx.recorder.clone()))
         .detach();

@@ -1,6 +1,7 @@
 //! `castra plan`, `castra apply [--dry-run] [--watch]` and `castra down`: render
 //! what the reconcile layer computed and did.
 
+use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::reconcile::plan::Plan;
 use crate::reconcile::watch::{self, WATCH_DEPTH};
 
 use super::exit::{EXIT_CHANGES_PENDING, EXIT_ERROR};
+use super::out::outln;
 use super::project::load_project;
 
 #[derive(clap::Args, Debug)]
@@ -42,6 +44,13 @@ pub struct ApplyArgs {
     /// `timeout` plus a minute). apply exits 1 when a bootstrap fails or times out.
     #[arg(long, value_parser = parse_wait)]
     bootstrap_timeout: Option<Duration>,
+    /// Once converged, wait until every VM is reachable (and its bootstrap,
+    /// if it has one, finished), so `castra exec` works at once.
+    #[arg(long, conflicts_with_all = ["dry_run", "watch"])]
+    wait: bool,
+    /// How long `--wait` waits (default 5m).
+    #[arg(long, value_parser = parse_wait, requires = "wait", value_name = "DUR")]
+    wait_timeout: Option<Duration>,
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
@@ -58,29 +67,66 @@ pub struct DownArgs {
 }
 
 pub fn plan(args: &PlanArgs, project: &Project) -> Result<ExitCode> {
-    Ok(if show_plan(project, args.json)? {
-        ExitCode::from(EXIT_CHANGES_PENDING)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match show_plan(project, args.json)? {
+        Shown::Problems => ExitCode::from(EXIT_ERROR),
+        Shown::Changes => ExitCode::from(EXIT_CHANGES_PENDING),
+        Shown::NoChanges => ExitCode::SUCCESS,
     })
 }
 
-/// Print the plan (VM steps and pending bootstraps); true when it has any.
-fn show_plan(project: &Project, json: bool) -> Result<bool> {
-    let (plan, _, observed) = reconcile::plan_only(project)?;
-    let pending = reconcile::bootstrap_plan(project, &plan, &observed);
+enum Shown {
+    NoChanges,
+    Changes,
+    /// Launch inputs are missing or ports taken: apply would refuse.
+    Problems,
+}
+
+/// Print the plan (VM steps and pending bootstraps) and any preflight problem.
+fn show_plan(project: &Project, json: bool) -> io::Result<Shown> {
+    let planned = reconcile::plan_only(project);
+    let plan = &planned.plan;
+    let pending = reconcile::bootstrap_plan(project, plan, &planned.observed);
     if json {
-        println!("{}", plan_json(&plan, &pending));
+        let mut v = plan_json(plan, &pending);
+        v["problems"] = planned
+            .preflight
+            .problems
+            .iter()
+            .map(problem_json)
+            .collect();
+        outln!("{v}")?;
     } else {
-        print_plan(&plan, &pending);
+        print_plan(plan, &pending)?;
     }
-    Ok(!plan.is_empty() || !pending.is_empty())
+    if !planned.preflight.is_empty() {
+        eprintln!(
+            "{}\n\napply would refuse: it changes nothing until these are fixed",
+            planned.preflight
+        );
+        Ok(Shown::Problems)
+    } else if !plan.is_empty() || !pending.is_empty() {
+        Ok(Shown::Changes)
+    } else {
+        Ok(Shown::NoChanges)
+    }
+}
+
+fn problem_json(d: &crate::config::Diagnostic) -> serde_json::Value {
+    json!({
+        "message": d.message,
+        "line": d.location.as_ref().map(|l| l.line),
+        "column": d.location.as_ref().map(|l| l.column),
+        "help": d.help,
+        "notes": d.notes,
+    })
 }
 
 pub fn apply(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
     if args.dry_run {
-        show_plan(project, args.json)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(match show_plan(project, args.json)? {
+            Shown::Problems => ExitCode::from(EXIT_ERROR),
+            Shown::Changes | Shown::NoChanges => ExitCode::SUCCESS,
+        });
     }
     if args.watch {
         return watch_loop(args, project);
@@ -102,43 +148,98 @@ fn apply_once(args: &ApplyArgs, project: &Project) -> Result<ExitCode> {
         &reporter,
         args.bootstrap_timeout,
         &mut |plan, pending| {
+            // A reader gone mid-apply does not stop the apply; the summary
+            // below meets the closed pipe and ends quietly.
             if !json && !plan.is_empty() {
-                println!("{plan}");
+                let _ = outln!("{plan}");
             }
             if !json {
                 for p in pending {
-                    println!("{p}");
+                    let _ = outln!("{p}");
                 }
             }
         },
     )?;
+    let unreachable = not_reachable(project);
     if args.json {
-        println!("{}", outcome_json(&outcome));
+        let mut v = outcome_json(&outcome);
+        v["not_reachable"] = json!(unreachable);
+        outln!("{v}")?;
     } else {
-        print_outcome(&outcome);
+        print_outcome(&outcome, &unreachable)?;
     }
-    Ok(if outcome.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_ERROR)
-    })
+    if !outcome.ok() {
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    if args.wait {
+        let names: Vec<String> = project.vms.iter().map(|v| v.name.clone()).collect();
+        let timeout = args.wait_timeout.unwrap_or(Duration::from_secs(300));
+        match super::wait::wait_for(project, &names, super::wait::For::Bootstrap, timeout) {
+            Ok(took) => {
+                if !json {
+                    println!(
+                        "ready: {} ({})",
+                        names.join(", "),
+                        fmt_ms(took.as_millis() as u64)
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn print_plan(plan: &Plan, pending: &[Pending]) {
-    println!("{plan}");
+fn print_plan(plan: &Plan, pending: &[Pending]) -> io::Result<()> {
+    outln!("{plan}")?;
     for p in pending {
-        println!("{p}");
+        outln!("{p}")?;
     }
+    Ok(())
 }
 
-fn print_outcome(outcome: &ApplyOutcome) {
+/// Running VMs whose guest has not proved it is up (from the broker's state file).
+fn not_reachable(project: &Project) -> Vec<String> {
+    crate::status::collect(project)
+        .vms
+        .into_iter()
+        .filter(|v| v.state == "running" && !v.reachable)
+        .map(|v| v.name)
+        .collect()
+}
+
+/// What a finished apply reports: QEMU runs every VM as declared; whether
+/// the guests answer yet is a separate fact, said separately.
+fn converged_words(outcome: &ApplyOutcome, unreachable: &[String]) -> String {
+    let launched = outcome.plan.unchanged.len()
+        + outcome
+            .plan
+            .steps
+            .iter()
+            .filter(|s| s.action() != "stop")
+            .count();
+    let guests = if unreachable.is_empty() {
+        "every guest is reachable".to_string()
+    } else {
+        format!(
+            "guests not reachable yet: {} (still booting; `castra status` shows REACHABLE when they answer)",
+            unreachable.join(", ")
+        )
+    };
+    format!("{launched} VM(s) running in QEMU as declared; {guests}")
+}
+
+fn print_outcome(outcome: &ApplyOutcome, unreachable: &[String]) -> io::Result<()> {
     for b in &outcome.bootstraps {
         if b.ok {
-            println!(
+            outln!(
                 "bootstrap {}: ok in {}",
                 b.vm,
                 fmt_ms(b.elapsed.as_millis() as u64)
-            );
+            )?;
         } else if b.log.as_os_str().is_empty() {
             eprintln!("bootstrap {}: FAILED: {}", b.vm, b.detail);
         } else {
@@ -152,35 +253,37 @@ fn print_outcome(outcome: &ApplyOutcome) {
     }
     if outcome.plan.is_empty() {
         if outcome.bootstraps.is_empty() {
-            println!(
+            outln!(
                 "nothing to do: {} VM(s) already as declared (no-op)",
                 outcome.plan.unchanged.len()
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "no VM changes: {} VM(s) already as declared",
                 outcome.plan.unchanged.len()
-            );
+            )?;
         }
-        return;
+        return Ok(());
     }
     for r in outcome.results.iter().filter(|r| !r.ok) {
         eprintln!("{}: {} failed: {}", r.vm, r.action, r.detail);
     }
     if outcome.converged() {
-        println!(
-            "applied in {}: converged",
-            fmt_ms(outcome.elapsed.as_millis() as u64)
-        );
+        outln!(
+            "applied in {}: {}",
+            fmt_ms(outcome.elapsed.as_millis() as u64),
+            converged_words(outcome, unreachable)
+        )?;
     } else {
-        println!(
+        outln!(
             "applied in {}: NOT converged; still pending:",
             fmt_ms(outcome.elapsed.as_millis() as u64)
-        );
+        )?;
         for s in &outcome.remaining.steps {
-            println!("  {s}");
+            outln!("  {s}")?;
         }
     }
+    Ok(())
 }
 
 fn watch_loop(args: &ApplyArgs, first: &Project) -> Result<ExitCode> {
@@ -196,11 +299,10 @@ fn watch_loop(args: &ApplyArgs, first: &Project) -> Result<ExitCode> {
             .filter(|o| o.state.word() == "running")
             .map(|o| o.name.clone())
             .collect();
-        eprintln!(
-            "watching {} and {} VM(s); Ctrl-C to stop watching (VMs keep running)",
-            config_path.display(),
-            running.len()
-        );
+        reporter(&project, args.json).emit(Event::Watching {
+            config: config_path.display().to_string(),
+            vms: running.clone(),
+        });
         let p = project.clone();
         let trigger = watch::wait_for_trigger(&config_path, &running, &mut || {
             observe_project(&p, WATCH_DEPTH)
@@ -225,21 +327,21 @@ pub fn down(args: &DownArgs, project: &Project) -> Result<ExitCode> {
     let results = reconcile::down(project, &reporter, &args.vms)?;
     let ok = results.iter().all(|r| r.ok);
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({ "results": results.iter().map(result_json).collect::<Vec<_>>(), "ok": ok })
-        );
+        )?;
     } else if results.is_empty() {
-        println!("nothing to stop: no VM of {} is running", project.name);
+        outln!("nothing to stop: no VM of {} is running", project.name)?;
     } else {
         for r in &results {
             let verdict = if r.ok { "" } else { "FAILED: " };
-            println!(
+            outln!(
                 "{}: {verdict}{} in {}",
                 r.vm,
                 r.detail,
                 fmt_ms(r.elapsed.as_millis() as u64)
-            );
+            )?;
         }
     }
     Ok(if ok {

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::clean;
+use crate::cli::out::outln;
 use crate::config::Project;
 use crate::layout::StateLayout;
 use crate::reconcile::apply::{lock_project, observe_project};
@@ -32,11 +33,11 @@ pub fn run(args: &CleanArgs, project: &Project) -> Result<ExitCode> {
         clean::remove(&items)
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({ "dry_run": args.dry_run, "removed": items, "skipped": skipped,
                     "reclaimed_bytes": reclaimed, "errors": errors })
-        );
+        )?;
     } else {
         let verb = if args.dry_run {
             "would remove"
@@ -44,13 +45,15 @@ pub fn run(args: &CleanArgs, project: &Project) -> Result<ExitCode> {
             "removed"
         };
         for i in &items {
-            println!("{verb} {} ({})", i.path.display(), human_bytes(i.bytes));
+            outln!("{verb} {} ({})", i.path.display(), human_bytes(i.bytes))?;
         }
         for s in &skipped {
-            println!(
+            outln!(
                 "kept {} ({}; run `castra down {}` first)",
-                s.vm, s.state, s.vm
-            );
+                s.vm,
+                s.state,
+                s.vm
+            )?;
         }
         for e in &errors {
             eprintln!("error: {e}");
@@ -60,7 +63,7 @@ pub fn run(args: &CleanArgs, project: &Project) -> Result<ExitCode> {
         } else {
             "reclaimed"
         };
-        println!("{verb} {}", human_bytes(reclaimed));
+        outln!("{verb} {}", human_bytes(reclaimed))?;
     }
     Ok(if errors.is_empty() {
         ExitCode::SUCCESS
@@ -69,7 +72,7 @@ pub fn run(args: &CleanArgs, project: &Project) -> Result<ExitCode> {
     })
 }
 
-fn human_bytes(b: u64) -> String {
+pub(super) fn human_bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),

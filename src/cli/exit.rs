@@ -10,6 +10,7 @@ Exit codes:
   0  success (for `plan`: no changes)
   1  error, or `apply` did not converge
   2  `plan` only: changes pending (like `terraform plan -detailed-exitcode`)
+  `exec`, `shell`: the command's code; 125 when castra itself failed (see `castra exec --help`)
 
 Environment:
   CASTRA_CONFIG     path of castra.toml (same as --config)

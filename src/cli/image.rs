@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::cli::out::outln;
 use crate::image::{self, BuildOptions, DefaultImage};
 
 /// Build or locate castra's default guest image.
@@ -39,6 +40,24 @@ built from the same inputs exists, it says so and does nothing.")]
 Exits 1 with the command to run if no image has been built."
     )]
     Path(PathArgs),
+    /// Remove old image builds from the cache (never one a running VM uses).
+    #[command(long_about = "Remove old image builds from the cache.\n\n\
+Removes default image builds other than the current one, Debian+Nix builds other than \
+its current one and all but its newest debootstrap tree, and kernel packages the \
+current image was not built from. Anything a running process (a QEMU of any project) \
+names on its command line is kept. Prints what it removes and keeps, and the space \
+reclaimed; exits 1 if something could not be removed.")]
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -72,7 +91,60 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         ImageCommand::Build(b) => build(b),
         ImageCommand::Path(p) => path(p),
+        ImageCommand::Prune(p) => prune(p),
     }
+}
+
+fn prune(args: &PruneArgs) -> anyhow::Result<ExitCode> {
+    let root = image::cache_root();
+    let plan = image::prune::plan(&root, &image::prune::running_command_lines());
+    let (reclaimed, errors) = if args.dry_run {
+        (plan.bytes(), Vec::new())
+    } else {
+        image::prune::remove(&plan)
+    };
+    if args.json {
+        let value = json!({
+            "cache_root": root,
+            "dry_run": args.dry_run,
+            "removed": plan.remove,
+            "kept": plan.keep,
+            "reclaimed_bytes": reclaimed,
+            "errors": errors,
+        });
+        println!("{value}");
+    } else {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for e in &plan.remove {
+            let size = super::clean::human_bytes(e.bytes);
+            println!("{verb} {} ({size}): {}", e.path.display(), e.why);
+        }
+        for e in &plan.keep {
+            println!("kept {}: {}", e.path.display(), e.why);
+        }
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        let verb = if args.dry_run {
+            "would reclaim"
+        } else {
+            "reclaimed"
+        };
+        println!(
+            "{verb} {} in {}",
+            super::clean::human_bytes(reclaimed),
+            root.display()
+        );
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_ERROR)
+    })
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
@@ -87,11 +159,13 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         )],
     };
     let json = args.json;
+    // Progress lines; a reader gone meanwhile does not stop the build (the
+    // result below then meets the closed pipe).
     let mut progress = |line: &str| {
         if json {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            let _ = outln!("{line}");
         }
     };
     let image =
@@ -131,7 +205,7 @@ fn print_json(image: &DefaultImage) -> anyhow::Result<()> {
         "id": image.id,
         "cache_root": image::cache_root(),
     });
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    outln!("{}", serde_json::to_string_pretty(&value)?)?;
     Ok(())
 }
 

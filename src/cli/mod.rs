@@ -6,12 +6,18 @@ mod apply;
 pub mod broker;
 pub mod bus;
 mod clean;
+mod cp;
+mod exec;
 pub mod exit;
 pub mod image;
 mod init;
 mod logs;
+pub(crate) mod out;
 pub mod project;
+mod shell;
 mod status;
+pub mod stream;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +25,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::config::ConfigError;
 use exit::{EXIT_CODES, EXIT_ERROR};
 pub use project::load_project;
 
@@ -63,33 +70,46 @@ enum Command {
     Image(image::ImageArgs),
     /// Publish to the bus (durable ack), subscribe as a host consumer, or tail its log.
     Bus(bus::BusArgs),
+    /// Run a command in guests over the broker (no SSH): `castra exec web -- uname -a`.
+    Exec(exec::ExecArgs),
+    /// An interactive shell (a terminal) in a guest.
+    Shell(shell::ShellArgs),
+    /// Copy files or directories into or out of a guest: `castra cp [-r] SRC web:/path`.
+    Cp(cp::CpArgs),
+    /// Wait until VMs are reachable (or their bootstrap finished).
+    Wait(wait::WaitArgs),
     /// Run the host broker in the foreground (started by `apply`; not for direct use).
     #[command(hide = true)]
     Broker(broker::BrokerArgs),
+    /// The original castra's `up`: says to use `apply`.
+    #[command(hide = true)]
+    Up {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
-    quiet_when_stdout_closes();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Status(_) | Command::Logs(_)) {
-        // Output-only commands often piped into `head`: end quietly there.
-        // Never for commands that write to sockets or pipes (QMP, the broker,
-        // xz): with the default disposition a peer closing early would kill us.
-        reset_sigpipe();
-    }
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`castra plan | head -1`): done.
+        Err(err) if out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let msg = format!("{err:#}");
-            if msg.starts_with("error") {
-                eprintln!("{msg}");
-            } else {
-                eprintln!("error: {msg}");
+            match err.downcast_ref::<ConfigError>() {
+                // Rendered as diagnostics, with their own `error:` lines.
+                Some(config) => eprintln!("{config}"),
+                None => eprintln!("error: {err:#}"),
             }
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Parse a duration flag (`30s`, `5m`).
+pub(crate) fn apply_parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -104,40 +124,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Clean(args) => clean::run(args, &load_project(config)?),
         Command::Image(args) => image::run(args),
         Command::Bus(args) => bus::run(args, &load_project(config)?),
+        Command::Exec(args) => exec::run(args, &load_project(config)?),
+        Command::Shell(args) => shell::run(args, &load_project(config)?),
+        Command::Cp(args) => cp::run(args, &load_project(config)?),
+        Command::Wait(args) => wait::run(args, &load_project(config)?),
         Command::Broker(args) => broker::run(args),
-    }
-}
-
-/// Every command: output cut short by its reader (`castra plan | head -1`)
-/// ends the process quietly with status 0, instead of the standard library's
-/// "failed printing to stdout" panic. SIGPIPE stays ignored for commands that
-/// talk over sockets and pipes, so only stdout's own EPIPE gets here.
-fn quiet_when_stdout_closes() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if stdout_closed(msg) {
-            std::process::exit(0);
-        }
-        default(info);
-    }));
-}
-
-/// The panic `println!` raises when stdout's reader went away.
-fn stdout_closed(panic_message: &str) -> bool {
-    panic_message.starts_with("failed printing to stdout") && panic_message.contains("os error 32")
-}
-
-/// Writing into a closed pipe (`castra status | head`) ends quietly.
-fn reset_sigpipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: restoring the default disposition installs no handler code.
-    unsafe {
-        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+        Command::Up { .. } => anyhow::bail!(
+            "`castra up` is the original castra's command: run `castra apply` (it starts what castra.toml declares and stops what it no longer does; `castra plan` first shows what it would do)"
+        ),
     }
 }

@@ -22,7 +22,8 @@ pub fn load_project(explicit: Option<&Path>) -> Result<Project> {
             })?
         }
     };
-    let mut project = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Kept as its type: `main` prints it as the diagnostics it renders.
+    let mut project = config::load(&path)?;
     if let Ok(value) = std::env::var("CASTRA_ACCEL") {
         let choice: AccelChoice = value
             .parse()

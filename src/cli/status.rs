@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use crate::cli::out::outln;
 use crate::config::Project;
 use crate::status;
 
@@ -17,9 +18,9 @@ pub struct StatusArgs {
 pub fn run(args: &StatusArgs, project: &Project) -> Result<ExitCode> {
     let report = status::collect(project);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", status::render::table(&report));
+        super::out::text(&status::render::table(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use super::diagnostic::{ConfigError, Problem};
 use super::names::sanitize;
 use super::raw::RawConfig;
 use super::validate::{Origin, validate};
-use super::{Project, schema};
+use super::{Project, legacy, schema};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -49,7 +49,17 @@ fn load_text(text: &str, shown: &Path, real: &Path) -> Result<Project, ConfigErr
     let from_toml = |e: toml::de::Error| toml_problem(text, &e);
 
     let table = toml::de::DeTable::parse(text).map_err(|e| invalid(vec![from_toml(e)]))?;
-    let problems = schema::check(table.get_ref());
+    let mut problems = schema::check(table.get_ref());
+    // A config of the original castra: one error naming each old key's new
+    // spelling, instead of one "unknown key" per old key.
+    if let Some((old, spans)) = legacy::check(table.get_ref(), text) {
+        problems.retain(|p| {
+            !p.span
+                .as_ref()
+                .is_some_and(|s| spans.iter().any(|o| o.start == s.start))
+        });
+        problems.insert(0, old);
+    }
     if !problems.is_empty() {
         return Err(invalid(problems));
     }

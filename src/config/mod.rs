@@ -15,10 +15,13 @@ mod diagnostic;
 mod discover;
 mod duration;
 mod forward;
+mod legacy;
 mod load;
 #[cfg(test)]
 mod load_tests;
 mod names;
+mod places;
+pub mod project_ports;
 mod raw;
 mod schema;
 pub mod share_table;
@@ -33,9 +36,11 @@ pub use discover::{CONFIG_FILE_NAME, discover};
 pub use duration::{format_duration, parse_duration};
 pub use load::{load, load_str};
 pub use names::MAX_NAME_LEN;
+pub use places::{Key, Places};
+pub use project_ports::{PortBlock, block_for, default_broker_port};
 pub use shares::{MAX_TAG_LEN, default_tag};
 pub use size::{ByteSize, parse_size};
-pub use template::INIT_TEMPLATE;
+pub use template::init_template;
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;

@@ -187,7 +187,18 @@ fn unknown_key(
                 .map_or(best, |f| f.example);
             format!("did you mean {example}?")
         }
-        Some(best) => format!("did you mean \"{best}\"?"),
+        Some(best) => {
+            // Never suggest a key the value cannot go in without saying so.
+            let field = section.fields.iter().find(|f| f.key == best);
+            match field.filter(|f| !fits(f.kind, value.get_ref())) {
+                Some(f) => format!(
+                    "did you mean \"{best}\"? it takes {}: {}",
+                    kind_words(f.kind),
+                    f.example
+                ),
+                None => format!("did you mean \"{best}\"?"),
+            }
+        }
         None => {
             let homes: Vec<&str> = [&PROJECT, &VMS, &BROKER, &LIFECYCLE, &BOOTSTRAP]
                 .into_iter()
@@ -205,6 +216,34 @@ fn unknown_key(
         }
     };
     Problem::new(message, key.span()).help(help)
+}
+
+/// Whether a value has the shape a key of `kind` takes.
+fn fits(kind: Kind, v: &DeValue<'_>) -> bool {
+    match kind {
+        Kind::Str => v.is_str(),
+        Kind::Int => v.is_integer(),
+        Kind::Bool => v.is_bool(),
+        Kind::Size => v.is_str() || v.is_integer(),
+        Kind::StrArray => v.as_array().is_some(),
+        Kind::StrMap | Kind::Table(_) => v.as_table().is_some(),
+        Kind::Image => v.is_str() || v.as_table().is_some(),
+        Kind::Tables(_) => v.as_array().is_some() || v.as_table().is_some(),
+    }
+}
+
+fn kind_words(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Str => "a string",
+        Kind::Int => "a whole number",
+        Kind::Bool => "true or false",
+        Kind::Size => "a size",
+        Kind::StrArray => "an array of strings",
+        Kind::StrMap => "a table of strings",
+        Kind::Image => "\"default\" or a table",
+        Kind::Table(_) => "a table",
+        Kind::Tables(_) => "an array of tables",
+    }
 }
 
 fn is_array_of_tables(v: &DeValue<'_>) -> bool {

@@ -1,9 +1,23 @@
 //! The commented example `castra.toml` that `castra init` writes. It is a
 //! working project (tested to load) and a tour of the keys; docs/CONFIG.md
-//! is the full reference.
+//! is the full reference. Its ports come from the project's port block
+//! (`project_ports`), so two projects made by `init` do not collide.
 
-/// A 2-VM demo project (`web` and `db` on the default guest image).
-pub const INIT_TEMPLATE: &str = r#"# castra.toml: the VMs of this project. `castra apply` starts what is
+use super::project_ports::PortBlock;
+
+/// The template with the ports of `block`: the broker on its first port,
+/// `web` on the next (its replicas after it), `db` five further on.
+pub fn init_template(block: PortBlock) -> String {
+    INIT_TEMPLATE
+        .replace("@BROKER@", &block.broker().to_string())
+        .replace("@WEB@", &block.port(0).to_string())
+        .replace("@WEB2@", &block.port(1).to_string())
+        .replace("@DB@", &block.port(4).to_string())
+}
+
+/// A 2-VM demo project (`web` and `db` on the default guest image), with
+/// `@BROKER@`, `@WEB@`, `@WEB2@` and `@DB@` where the block's ports go.
+const INIT_TEMPLATE: &str = r#"# castra.toml: the VMs of this project. `castra apply` starts what is
 # declared here and stops what is not; `castra plan` shows what would change.
 # Every key is described in docs/CONFIG.md.
 
@@ -19,13 +33,13 @@ image = "default"          # castra's guest image (build it with `castra image b
 # accel = "auto"           # "auto" (KVM if a probe shows it works, else TCG), "kvm" or "tcg"
 # Host ports forwarded into the guest: "host:guest", "addr:host:guest",
 # "udp:host:guest". The host address defaults to 127.0.0.1.
-forwards = ["8080:80"]
-# count = 2                # replicas web-1, web-2; replica i (from 0) binds host port + i
+forwards = ["@WEB@:80"]       # 127.0.0.1:@WEB@ on the host -> port 80 in the guest
+# count = 2                # replicas web-1, web-2; replica i (from 0) binds host port + i (web-2: @WEB2@)
 
 [[vms]]
 name = "db"
 memory = "512M"
-forwards = ["127.0.0.1:5432:5432"]
+forwards = ["127.0.0.1:@DB@:5432"]
 
 # Boot your own kernel instead of the default image (paths are relative to
 # this file; machine defaults to "microvm"):
@@ -42,7 +56,10 @@ forwards = ["127.0.0.1:5432:5432"]
 #   bootstrap = { script = "setup.sh", mode = "auto", env = { ROLE = "db" } }
 
 [broker]
-# port = 7750              # guests reach the broker at 10.0.2.2:<port>
+# This project's ports: castra init chose @BROKER@..@BROKER@+9 from a hash of
+# this directory's path (a free block in 17000-24999), so projects on one
+# host do not collide. Without `port`, the broker still uses @BROKER@.
+port = @BROKER@               # guests reach the broker at 10.0.2.2:<port>
 # allow_tokenless_handshake = false   # let `echo hello vm:NAME | nc 10.0.2.2 PORT`
 #                                     # (no token) mark a VM reachable
 

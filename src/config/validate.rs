@@ -76,6 +76,8 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
         .as_ref()
         .and_then(|b| b.allow_tokenless_handshake)
         .unwrap_or(false);
+    // No [broker] port: the first port of this project's block (stable per directory).
+    let default_port = super::project_ports::default_broker_port(&origin.root_dir);
     let mut broker = match raw_broker.and_then(|b| b.port) {
         Some(port) => match u16::try_from(*port.get_ref()) {
             Ok(p) if p > 0 => BrokerConfig {
@@ -89,14 +91,19 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
                         port.span(),
                     )
                     .help(format!(
-                        "guests need a fixed port from 1 to 65535: leave port out for the default {}",
-                        BrokerConfig::default().port
+                        "guests need a fixed port from 1 to 65535: leave port out for this project's default {default_port}"
                     )),
                 );
-                BrokerConfig::default()
+                BrokerConfig {
+                    port: default_port,
+                    ..BrokerConfig::default()
+                }
             }
         },
-        None => BrokerConfig::default(),
+        None => BrokerConfig {
+            port: default_port,
+            ..BrokerConfig::default()
+        },
     };
     broker.allow_tokenless_handshake = allow_tokenless_handshake;
 

@@ -16,6 +16,7 @@ pub mod cpio;
 mod error;
 mod manifest;
 pub mod modules;
+pub mod prune;
 mod sources;
 
 use std::fs;

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 /// Modules the default guest loads, by name, in the order they are wanted.
 /// Dependencies are pulled in (and put first) from `modules.dep`.
 /// virtio-mmio is what `-M microvm` uses; the virtio-pci trio serves q35.
+/// `9pnet_virtio` and `9p` make `shares` (virtio-9p) work on the default image.
 pub const WANTED: &[&str] = &[
     "virtio_ring",
     "virtio",
@@ -23,6 +24,9 @@ pub const WANTED: &[&str] = &[
     "qemu_fw_cfg",
     "button",
     "evdev",
+    "9pnet",
+    "9pnet_virtio",
+    "9p",
 ];
 
 /// What went wrong computing a load order.
@@ -138,6 +142,11 @@ kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/drivers/input/evdev.ko:
 kernel/drivers/firmware/qemu_fw_cfg.ko:
 kernel/net/core/failover.ko:
+kernel/net/9p/9pnet.ko:
+kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/fs/netfs/netfs.ko:
+kernel/fs/fscache/fscache.ko: kernel/fs/netfs/netfs.ko
+kernel/fs/9p/9p.ko: kernel/fs/netfs/netfs.ko kernel/fs/fscache/fscache.ko kernel/net/9p/9pnet.ko
 ";
 
     fn names(order: &[String]) -> String {
@@ -152,7 +161,7 @@ kernel/net/core/failover.ko:
     fn debian_order_for_the_default_guest() {
         let deps = ModuleDeps::parse(DEBIAN_6_1).unwrap();
         let order = deps.load_order(WANTED).unwrap();
-        insta::assert_snapshot!(names(&order), @"virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk qemu_fw_cfg button evdev");
+        insta::assert_snapshot!(names(&order), @"virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk qemu_fw_cfg button evdev 9pnet 9pnet_virtio netfs fscache 9p");
     }
 
     #[test]

@@ -384,8 +384,9 @@ mod tests {
     fn probe_sees_the_first_console_byte() {
         let dir = tempfile::tempdir().unwrap();
         let kernel = write_stub(dir.path(), "print.elf", PRINT_K);
+        // Ok means the byte came before the probe's own 10 s timeout.
         let took = probe_boot(&qemu_binary(), TCG_ARGS, &kernel, Duration::from_secs(10)).unwrap();
-        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
     #[test]
@@ -401,8 +402,9 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "the probe guest printed nothing within 700 ms");
+        // A bound that only catches a hang (the guest itself never ends).
         assert!(
-            start.elapsed() < Duration::from_secs(3),
+            start.elapsed() < Duration::from_secs(30),
             "{:?}",
             start.elapsed()
         );
@@ -416,12 +418,13 @@ mod tests {
             &qemu_binary(),
             TCG_ARGS,
             &dir.path().join("nope"),
-            Duration::from_secs(10),
+            Duration::from_secs(120),
         )
         .unwrap_err();
         assert!(err.starts_with("qemu failed: "), "{err}");
         assert!(err.contains("could not open kernel file"), "{err}");
-        assert!(start.elapsed() < Duration::from_secs(5));
+        // Not after the probe's 120 s timeout (a generous bound, not a figure).
+        assert!(start.elapsed() < Duration::from_secs(60));
     }
 
     #[test]
@@ -480,13 +483,18 @@ mod tests {
         );
         assert!(first.reason.ends_with(" ms under kvm"), "{}", first.reason);
 
-        let start = Instant::now();
+        // A cache hit boots no qemu: the decision says it comes from the
+        // cache (below), and the cache file was not written again.
+        let cache = h.cache_file.clone().unwrap();
+        let written = std::fs::read(&cache).unwrap();
+        let modified = std::fs::metadata(&cache).unwrap().modified().unwrap();
         let again = h.resolve(AccelChoice::Auto, Some(&printing));
-        assert!(
-            start.elapsed() < Duration::from_millis(200),
-            "cache hit must not boot qemu"
+        assert_eq!(std::fs::read(&cache).unwrap(), written);
+        assert_eq!(
+            std::fs::metadata(&cache).unwrap().modified().unwrap(),
+            modified
         );
-        assert_eq!(again.accel, Accel::Kvm);
+        assert_eq!(again.accel, Accel::Kvm, "{}", again.reason);
         assert_eq!(
             again.reason,
             format!("{} (probed earlier this boot)", first.reason)

@@ -16,17 +16,21 @@ use crate::layout::StateLayout;
 
 use super::desired::{self, DesiredVm};
 use super::execute::{Executor, StepResult};
+use super::holder::{self, ProjectInfo};
 use super::lock::{self, LockError, ProjectLock};
 use super::observe::{self, Depth, Observed, VmState};
 use super::plan::{self, BrokerStep, Plan};
-use super::ports::{self, PortConflict};
+use super::preflight::{self, Preflight};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("port conflicts, nothing was changed:\n  {}", .0.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("\n  "))]
-    Ports(Vec<PortConflict>),
+    /// A launch input is missing or a port is taken: nothing was touched.
+    #[error(
+        "{0}\n\nnothing was changed: every VM keeps running as it was (fix the above, then apply again)"
+    )]
+    Preflight(Preflight),
     #[error("unknown VM {0:?}: not in castra.toml and no state for it in the state root")]
     UnknownVm(String),
 }
@@ -87,16 +91,27 @@ fn pending_for(
     bootstrap::pending(resolved, &launches, &records)
 }
 
-/// Observe + plan without changing anything (and without the lock: a plan is a read).
-pub fn plan_only(project: &Project) -> Result<(Plan, Vec<DesiredVm>, Observed), ApplyError> {
+/// What `plan` found: the steps, and the launch inputs that are not ready.
+pub struct Planned {
+    pub plan: Plan,
+    pub desired: Vec<DesiredVm>,
+    pub observed: Observed,
+    pub preflight: Preflight,
+}
+
+/// Observe + plan + preflight without changing anything (and without the
+/// lock: a plan is a read).
+pub fn plan_only(project: &Project) -> Planned {
     let desired = desired::resolve(project);
     let observed = observe_project(project, Depth::Deep);
     let plan = plan::plan(&desired, &observed);
-    let conflicts = ports::check(&plan, &desired, &observed, project.broker.port);
-    if !conflicts.is_empty() {
-        return Err(ApplyError::Ports(conflicts));
+    let preflight = preflight::check(project, &plan, &desired, &observed);
+    Planned {
+        plan,
+        desired,
+        observed,
+        preflight,
     }
-    Ok((plan, desired, observed))
 }
 
 pub fn observe_project(project: &Project, depth: Depth) -> Observed {
@@ -130,7 +145,23 @@ pub fn apply(
 ) -> Result<ApplyOutcome, ApplyError> {
     let t0 = Instant::now();
     let _lock = lock_project(project)?;
-    let (plan, desired, observed) = plan_only(project)?;
+    let Planned {
+        plan,
+        desired,
+        observed,
+        preflight,
+    } = plan_only(project);
+    if !preflight.is_empty() {
+        return Err(ApplyError::Preflight(preflight));
+    }
+    holder::write_project_info(
+        &StateLayout::new(&project.state_root),
+        &ProjectInfo {
+            name: project.name.clone(),
+            config: project.config_path.clone(),
+            broker_port: project.broker.port,
+        },
+    );
     let resolved = bootstrap::resolve(project);
     let pending = pending_for(project, &resolved, &plan, &observed);
     on_plan(&plan, &pending);

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use crate::qemu::{Accel, BootImage, argv, guest_clock, qemu_binary};
 
 use super::desired::DesiredVm;
 use super::observe::{Observed, ObservedVm};
+use super::overlay::{must_exist, overlay_over};
 use super::plan::{Plan, Step};
 use super::record::{self, LaunchRecord};
 use super::secret;
@@ -33,6 +33,19 @@ pub const TOKEN_FW_CFG: &str = "opt/castra/token";
 
 /// The kernel command line of a kernel + root disk image that sets none.
 pub const DISK_ROOT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
+
+/// Test seam, read only by tests: when set to a VM's name, the replacement
+/// launch of that VM's restart gets an argument QEMU refuses, so the new
+/// spec fails after the old VM stopped (and apply must roll back).
+pub const TEST_BREAK_RESTART_ENV: &str = "CASTRA_TEST_BREAK_RESTART";
+
+/// How a launch came about: a restart's replacement can be broken by the test seam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    Fresh,
+    Replacement,
+    Rollback,
+}
 
 /// How long a freshly daemonized QEMU may take to answer `query-status` with `running`.
 pub const RUNNING_TIMEOUT: Duration = Duration::from_secs(15);
@@ -100,17 +113,18 @@ impl<'a> Executor<'a> {
         let want = desired.iter().find(|d| d.spec.name == vm);
         let result: Result<String, String> = match step {
             Step::Stop { .. } => self.stop(vm, seen).map(|o| stage_detail(&o)),
-            Step::Start { .. } | Step::Restart { .. } => {
-                let stopped = match (step, seen) {
-                    (Step::Restart { .. }, Some(seen)) => self.stop(vm, Some(seen)).map(|_| ()),
-                    _ => Ok(()),
-                };
-                match (stopped, want) {
-                    (Err(e), _) => Err(e),
-                    (Ok(()), None) => Err("not in castra.toml".into()),
-                    (Ok(()), Some(want)) => self.start(want, seen).map(|pid| format!("pid {pid}")),
+            Step::Start { .. } => match want {
+                None => Err("not in castra.toml".into()),
+                Some(want) => {
+                    let previous = seen.and_then(|s| s.record.as_ref()).map(|r| &r.spec.image);
+                    self.start(want, previous, Launch::Fresh)
+                        .map(|pid| format!("pid {pid}"))
                 }
-            }
+            },
+            Step::Restart { .. } => match want {
+                None => Err("not in castra.toml".into()),
+                Some(want) => self.restart(want, seen),
+            },
         };
         let (ok, detail) = match result {
             Ok(d) => (true, d),
@@ -125,14 +139,56 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// Stop the VM, start it on its new spec; if that fails, start it again
+    /// on the spec it ran (from its launch record) and say `rolled back`.
+    fn restart(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<String, String> {
+        let vm = want.spec.name.as_str();
+        let record = seen.and_then(|s| s.record.clone());
+        self.stop(vm, seen)?;
+        let previous = record.as_ref().map(|r| &r.spec.image);
+        let error = match self.start(want, previous, Launch::Replacement) {
+            Ok(pid) => return Ok(format!("pid {pid}")),
+            Err(e) => e,
+        };
+        let Some(rec) = record else {
+            return Err(error);
+        };
+        let old = DesiredVm {
+            spec: rec.spec,
+            image_id: rec.image_id,
+            fingerprint: rec.fingerprint,
+        };
+        match self.start(&old, Some(&want.spec.image), Launch::Rollback) {
+            Ok(pid) => {
+                self.reporter.emit(Event::VmRolledBack {
+                    vm: vm.into(),
+                    error: error.clone(),
+                    pid,
+                });
+                Err(format!(
+                    "rolled back: the new spec failed to start ({error}); {vm} runs its previous spec again (pid {pid})"
+                ))
+            }
+            Err(again) => Err(format!(
+                "{error}; rolling back to the previous spec failed too: {again}"
+            )),
+        }
+    }
+
     /// Start one VM and wait until QEMU reports it running. Returns its pid.
-    pub fn start(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<i32, String> {
+    /// `previous`: the image the VM last ran on (its overlay may be reused).
+    fn start(
+        &self,
+        want: &DesiredVm,
+        previous: Option<&ImageSpec>,
+        launch: Launch,
+    ) -> Result<i32, String> {
         let t0 = Instant::now();
         let spec = &want.spec;
         let vm = spec.name.as_str();
         let paths = self.layout.vm(vm);
         self.reporter.emit(Event::VmStarting { vm: vm.into() });
-        let res = self.start_inner(want, seen, &paths, t0);
+        let res = self.start_inner(want, previous, launch, &paths, t0);
         if let Err(error) = &res {
             self.reporter.emit(Event::VmStartFailed {
                 vm: vm.into(),
@@ -145,7 +201,8 @@ impl<'a> Executor<'a> {
     fn start_inner(
         &self,
         want: &DesiredVm,
-        seen: Option<&ObservedVm>,
+        previous_image: Option<&ImageSpec>,
+        launch: Launch,
         paths: &VmPaths,
         t0: Instant,
     ) -> Result<i32, String> {
@@ -153,7 +210,6 @@ impl<'a> Executor<'a> {
         let vm = spec.name.as_str();
         create_private_dir(&paths.dir)?;
         check_socket_path(vm, &paths.qmp_socket())?;
-        let previous_image = seen.and_then(|s| s.record.as_ref()).map(|r| &r.spec.image);
         let (boot, probe_kernel) = self.boot_image(vm, &spec.image, previous_image, paths)?;
         let decision = self.accel(spec.accel, probe_kernel.as_deref());
 
@@ -182,6 +238,20 @@ impl<'a> Executor<'a> {
         // A fresh secret per launch, handed over by file (never on the command line).
         secret::write_new_token(&paths.token())?;
         let mut fw_cfg = vec![(TOKEN_FW_CFG.to_string(), paths.token())];
+        // Name and broker port for guests that get no castra command line.
+        let port = self.project.broker.port.to_string();
+        for (name, file, text) in [
+            (crate::agent::boot::FW_CFG_VM, paths.fw_name(), vm),
+            (
+                crate::agent::boot::FW_CFG_BROKER_PORT,
+                paths.fw_broker_port(),
+                &port,
+            ),
+        ] {
+            crate::fsutil::write_atomic(&file, text.as_bytes())
+                .map_err(|e| format!("vm {vm:?}: cannot write {}: {e}", file.display()))?;
+            fw_cfg.push((name.to_string(), file));
+        }
         if !spec.shares.is_empty() {
             check_shares(vm, &spec.shares)?;
             let table = crate::config::share_table::render(&spec.shares);
@@ -193,7 +263,7 @@ impl<'a> Executor<'a> {
                 paths.shares(),
             ));
         }
-        let args = argv::build(&argv::LaunchInputs {
+        let mut args = argv::build(&argv::LaunchInputs {
             spec,
             boot: &boot,
             accel: decision.accel,
@@ -201,6 +271,11 @@ impl<'a> Executor<'a> {
             fw_cfg: &fw_cfg,
             extra_cmdline: &extra,
         });
+        let broken = launch == Launch::Replacement
+            && std::env::var(TEST_BREAK_RESTART_ENV).is_ok_and(|v| v == vm);
+        if broken {
+            args.push("-castra-test-break-restart".into());
+        }
         let identity = process::launch(&qemu_binary(), &args, paths).map_err(|e| e.to_string())?;
         let rec = LaunchRecord {
             spec: spec.clone(),
@@ -470,46 +545,6 @@ fn wait_running(vm: &str, socket: &Path, timeout: Duration, paths: &VmPaths) -> 
     ))
 }
 
-fn must_exist(vm: &str, key: &str, path: &Path) -> Result<(), String> {
-    if path.exists() {
-        Ok(())
-    } else {
-        Err(format!(
-            "vm {vm:?}: {key} {} does not exist; fix the path in castra.toml",
-            path.display()
-        ))
-    }
-}
-
-/// The VM's copy-on-write overlay over `base` (made if missing; remade
-/// when the previous launch had another base disk, or none).
-fn overlay_over(
-    vm: &str,
-    base: &Path,
-    previous: Option<&ImageSpec>,
-    paths: &VmPaths,
-) -> Result<PathBuf, String> {
-    must_exist(vm, "image.disk", base)?;
-    let overlay = paths.overlay();
-    if previous.is_some_and(|p| disk_base(p) != Some(base)) {
-        // The base changed: the old overlay belongs to another disk.
-        remove_if_exists(&overlay);
-    }
-    if !overlay.exists() {
-        create_overlay(base, &overlay)?;
-    }
-    Ok(overlay)
-}
-
-/// The base disk an image runs on, if any.
-fn disk_base(image: &ImageSpec) -> Option<&Path> {
-    match image {
-        ImageSpec::Default => None,
-        ImageSpec::Kernel { disk, .. } => disk.as_deref(),
-        ImageSpec::Disk { path } => Some(path),
-    }
-}
-
 /// Each share's host directory must exist (checked at start, like kernels and disks).
 fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), String> {
     for s in shares {
@@ -522,25 +557,6 @@ fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), String>
         }
     }
     Ok(())
-}
-
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(base)
-        .arg(overlay)
-        .output()
-        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "qemu-img could not create overlay {} over {}: {}",
-            overlay.display(),
-            base.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 fn check_socket_path(vm: &str, socket: &Path) -> Result<(), String> {

@@ -9,10 +9,13 @@
 pub mod apply;
 pub mod desired;
 pub mod execute;
+pub mod holder;
 pub mod lock;
 pub mod observe;
+mod overlay;
 pub mod plan;
 pub mod ports;
+pub mod preflight;
 pub mod record;
 pub mod secret;
 pub mod watch;

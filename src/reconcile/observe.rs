@@ -227,11 +227,13 @@ mod tests {
     /// its QMP socket path. `; exit` keeps shells that exec their last
     /// command (bash) from replacing themselves with `sleep`; the wait covers
     /// the moment between fork and exec when /proc still shows our own argv.
-    fn process_with_marker(marker: &str) -> Child {
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 60; exit", marker])
-            .spawn()
-            .unwrap();
+    fn process_with_marker(marker: &str) -> Killed {
+        let child = Killed(
+            Command::new("sh")
+                .args(["-c", "sleep 60; exit", marker])
+                .spawn()
+                .unwrap(),
+        );
         let cmdline = format!("/proc/{}/cmdline", child.id());
         for _ in 0..500 {
             let seen = std::fs::read(&cmdline).unwrap_or_default();
@@ -240,9 +242,24 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let _ = child.kill();
-        let _ = child.wait();
         panic!("{cmdline} never showed the marker");
+    }
+
+    /// A child killed and reaped on drop, whatever the test does.
+    struct Killed(Child);
+
+    impl std::ops::Deref for Killed {
+        type Target = Child;
+        fn deref(&self) -> &Child {
+            &self.0
+        }
+    }
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 
     fn record(paths: &VmPaths, id: ProcessIdentity) -> LaunchRecord {
@@ -294,7 +311,7 @@ mod tests {
     #[test]
     fn live_recorded_process_is_running_then_stopped_when_killed() {
         let (_d, layout, paths) = setup();
-        let mut child = process_with_marker(&paths.qmp_socket().to_string_lossy());
+        let child = process_with_marker(&paths.qmp_socket().to_string_lossy());
         let pid = child.id() as i32;
         let id = identity_of(pid).unwrap();
         record::write(&paths.launch_record(), &record(&paths, id)).unwrap();
@@ -310,8 +327,7 @@ mod tests {
             "{o:?}"
         );
 
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(child);
         let o = observe(&layout, &[], Depth::Quick);
         assert!(
             matches!(&o.get("web").unwrap().state, VmState::Stopped { why } if why.contains("exited")),
@@ -323,7 +339,7 @@ mod tests {
     fn a_reused_pid_is_not_our_vm() {
         let (_d, _l, paths) = setup();
         // Our process identity, but the pid now runs something without our marker.
-        let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+        let other = Killed(Command::new("sleep").arg("60").spawn().unwrap());
         let id = identity_of(other.id() as i32).unwrap();
         record::write(&paths.launch_record(), &record(&paths, id)).unwrap();
         let o = observe_vm("web", &paths, Depth::Quick);
@@ -331,22 +347,20 @@ mod tests {
             matches!(&o.state, VmState::Stopped { why } if why.contains("another process")),
             "{o:?}"
         );
-        other.kill().unwrap();
-        other.wait().unwrap();
+        drop(other);
     }
 
     #[test]
     fn a_qemu_without_record_is_broken_and_garbage_records_are_broken() {
         let (_d, _l, paths) = setup();
-        let mut child = process_with_marker(&paths.qmp_socket().to_string_lossy());
+        let child = process_with_marker(&paths.qmp_socket().to_string_lossy());
         std::fs::write(paths.pidfile(), child.id().to_string()).unwrap();
         let o = observe_vm("web", &paths, Depth::Quick);
         assert!(
             matches!(&o.state, VmState::Broken { reasons } if reasons[0].contains("without a launch record")),
             "{o:?}"
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(child);
 
         std::fs::write(paths.launch_record(), "{not json").unwrap();
         let o = observe_vm("web", &paths, Depth::Quick);
@@ -359,7 +373,7 @@ mod tests {
     #[test]
     fn deep_observe_calls_a_process_without_qmp_broken() {
         let (_d, _l, paths) = setup();
-        let mut child = process_with_marker(&paths.qmp_socket().to_string_lossy());
+        let child = process_with_marker(&paths.qmp_socket().to_string_lossy());
         let id = identity_of(child.id() as i32).unwrap();
         record::write(&paths.launch_record(), &record(&paths, id)).unwrap();
         let o = observe_vm("web", &paths, Depth::Deep);
@@ -367,7 +381,6 @@ mod tests {
             matches!(&o.state, VmState::Broken { reasons } if reasons[0].contains("qmp not answering")),
             "{o:?}"
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(child);
     }
 }

@@ -2,13 +2,16 @@
 //! a port another process already holds is reported before anything starts.
 //!
 //! A port held by one of our own VMs that the plan stops or restarts is not a
-//! conflict (it is released first); one held by a VM left running is.
+//! conflict (it is released first); one held by a VM left running is. A port
+//! another program holds names that program when the host can tell
+//! (`holder`); `preflight` locates each conflict in castra.toml.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use crate::config::Proto;
 
 use super::desired::DesiredVm;
+use super::holder::{self, Holder};
 use super::observe::{Observed, VmState};
 use super::plan::{BrokerStep, Plan, Step};
 
@@ -16,6 +19,8 @@ use super::plan::{BrokerStep, Plan, Step};
 pub struct PortConflict {
     /// Who wants the port: `vm "web"` or `broker`.
     pub claimant: String,
+    /// The VM and the index of its forward (`None`: the broker's port).
+    pub forward: Option<(String, usize)>,
     pub addr: SocketAddr,
     pub proto: Proto,
     pub holder: String,
@@ -25,7 +30,7 @@ impl std::fmt::Display for PortConflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: host port {}/{} is already in use by {}; change it in castra.toml or free the port",
+            "{}: host port {}/{} is already in use by {}",
             self.claimant,
             self.addr,
             self.proto.as_str(),
@@ -49,9 +54,10 @@ pub fn check(
         if TcpListener::bind(addr).is_err() {
             out.push(PortConflict {
                 claimant: "broker".into(),
+                forward: None,
                 addr,
                 proto: Proto::Tcp,
-                holder: "another process (this is `[broker] port`)".into(),
+                holder: holder::who_holds(Proto::Tcp, addr).to_string(),
             });
         }
     }
@@ -62,7 +68,7 @@ pub fn check(
         let Some(want) = desired.iter().find(|d| &d.spec.name == vm) else {
             continue;
         };
-        for fwd in &want.spec.forwards {
+        for (index, fwd) in want.spec.forwards.iter().enumerate() {
             let addr = SocketAddr::new(fwd.host_addr, fwd.host_port);
             // Released by a step of this same plan?
             let released_by_plan = plan.steps.iter().any(|s| {
@@ -80,6 +86,7 @@ pub fn check(
             if let Some(o) = kept {
                 out.push(PortConflict {
                     claimant: format!("vm {vm:?}"),
+                    forward: Some((vm.clone(), index)),
                     addr,
                     proto: fwd.proto,
                     holder: format!("vm {:?} of this project", o.name),
@@ -91,11 +98,13 @@ pub fn check(
                 Proto::Udp => UdpSocket::bind(addr).is_ok(),
             };
             if !free {
+                let who: Holder = holder::who_holds(fwd.proto, addr);
                 out.push(PortConflict {
                     claimant: format!("vm {vm:?}"),
+                    forward: Some((vm.clone(), index)),
                     addr,
                     proto: fwd.proto,
-                    holder: "another process".into(),
+                    holder: who.to_string(),
                 });
             }
         }

@@ -234,9 +234,48 @@ fn vm_status(o: &ObservedVm, declared: Option<&VmSpec>, guests: &Guests) -> VmSt
         }),
         last_handshake_age_ms: entry.and_then(|e| age_ms(e.last_handshake_ms, now_ms)),
         last_heartbeat_age_ms: entry.and_then(|e| age_ms(e.last_heartbeat_ms, now_ms)),
-        sessions: entry.map(|e| e.sessions).unwrap_or(0),
-        bus_subscribed: guests.broker_up && entry.is_some_and(|e| e.bus_subscribed),
+        // A stopped VM holds no session, whatever the broker has not noticed yet.
+        sessions: entry.filter(|_| running).map(|e| e.sessions).unwrap_or(0),
+        bus_subscribed: guests.broker_up && running && entry.is_some_and(|e| e.bus_subscribed),
         last_publish_age_ms: entry.and_then(|e| age_ms(e.last_publish_ms, now_ms)),
         bootstrap: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Right after a VM stops the broker may not have seen its session end:
+    /// a stopped VM never shows sessions or a bus subscription.
+    #[test]
+    fn a_stopped_vm_shows_no_bus_session_whatever_the_snapshot_says() {
+        let mut snapshot = BrokerSnapshot::starting(None, 42, 7750, 15_000, 1_000);
+        snapshot.vms.insert(
+            "web".into(),
+            VmEntry {
+                sessions: 1,
+                bus_subscribed: true,
+                last_handshake_ms: Some(900),
+                ..VmEntry::default()
+            },
+        );
+        let guests = Guests {
+            snapshot: Some(&snapshot),
+            broker_up: true,
+            now: 1_000,
+        };
+        let stopped = ObservedVm {
+            name: "web".into(),
+            state: VmState::Stopped {
+                why: "not running".into(),
+            },
+            record: None,
+        };
+        let v = vm_status(&stopped, None, &guests);
+        assert_eq!(
+            (v.sessions, v.bus_subscribed, v.reachable),
+            (0, false, false)
+        );
     }
 }

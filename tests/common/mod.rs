@@ -6,6 +6,13 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod child;
+pub mod ports;
+
+#[allow(unused_imports)]
+pub use child::{KillOnDrop, LineFeed, wait_dead, wait_until};
+#[allow(unused_imports)]
+pub use ports::free_port;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -95,15 +102,6 @@ impl Project {
 pub fn signal(pid: i64, sig: Signal) {
     let raw = i32::try_from(pid).expect("a pid fits in i32");
     kill(Pid::from_raw(raw), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
-}
-
-/// A TCP port that was free a moment ago (for `[broker] port` in test projects,
-/// so tests never collide with each other or with a real project on 7750).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Drop for Project {

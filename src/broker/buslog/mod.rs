@@ -12,13 +12,18 @@
 //!   publishers' logs cut back to the checkpoint and refilled from all.log,
 //!   sequence numbers continued).
 //!
-//! - `record.rs`: the record format, file naming and reading.
+//! - `record.rs`: the record format, file naming and reading;
+//! - `follow.rs`: the crate's one reader that follows a log across rotation
+//!   (`bus tail -f`, bootstrap reports), with `last.rs` (a rotated file's
+//!   last record, to pass over files before a start).
 //!
 //! This file starts the log ([`start`]) and is its front.
 //! Routing messages to subscribers is the hub's job; the log only hands each
 //! committed record over.
 
 mod checkpoint;
+pub mod follow;
+mod last;
 mod record;
 mod recover;
 mod writer;

@@ -94,6 +94,17 @@ struct Conn<S: Stream> {
     /// frame, since each setting is a round trip through the reactor.
     tick: Timer,
     tick_at: Option<Instant>,
+    /// The hello's capabilities (an `exec-v1` agent can be asked for streams).
+    caps: Vec<String>,
+}
+
+/// How the hello phase ended.
+enum Hello {
+    /// A bus session is open; the bytes after the hello line.
+    Bus(Vec<u8>),
+    /// A stream connection (`stream=<id>`): its hello line and what followed.
+    Stream(Vec<u8>, Vec<u8>),
+    Done,
 }
 
 impl<S: Stream> Conn<S> {
@@ -109,6 +120,7 @@ impl<S: Stream> Conn<S> {
             bus: None,
             tick: Timer::never(),
             tick_at: None,
+            caps: Vec::new(),
         }
     }
 }
@@ -124,10 +136,18 @@ pub(super) async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAd
     {
         return;
     }
-    if let Some(rest) = conn.hello_phase().await {
-        conn.open_bus();
-        conn.frame_phase(&rest).await;
-        conn.close_bus().await;
+    match conn.hello_phase().await {
+        Hello::Bus(rest) => {
+            conn.open_bus();
+            conn.frame_phase(&rest).await;
+            conn.close_bus().await;
+        }
+        Hello::Stream(line, rest) => {
+            let (ctx, stream) = (conn.ctx.clone(), conn.stream.clone());
+            drop(conn);
+            return super::stream::serve_agent(ctx, stream, peer, &line, rest).await;
+        }
+        Hello::Done => {}
     }
     conn.linger().await;
 }
@@ -237,9 +257,9 @@ impl<S: Stream> Conn<S> {
         }
     }
 
-    /// Read the hello line; returns the bytes after it once a bus session is
-    /// open, `None` when the connection is finished.
-    async fn hello_phase(&mut self) -> Option<Vec<u8>> {
+    /// Read the hello line; a bus session (the bytes after the line), a
+    /// stream connection (left to `stream/`), or done.
+    async fn hello_phase(&mut self) -> Hello {
         let mut reader = LineReader::new(MAX_HELLO_LINE);
         let mut buf = [0u8; MAX_HELLO_LINE];
         loop {
@@ -251,16 +271,22 @@ impl<S: Stream> Conn<S> {
                     LinePush::NeedMore => continue,
                     LinePush::TooLong => self.step(Input::LineTooLong),
                     LinePush::Line { line, rest: after } => {
+                        if super::stream::wire::hello_stream(&line).is_some() {
+                            return Hello::Stream(line, after);
+                        }
+                        if let Ok(h) = super::hello::parse(&line) {
+                            self.caps = h.capabilities;
+                        }
                         rest = after;
                         self.step(Input::Line(&line))
                     }
                 },
             };
             match self.perform(effects).await {
-                Flow::Close => return None,
-                Flow::Continue if self.session.is_terminal() => return None,
+                Flow::Close => return Hello::Done,
+                Flow::Continue if self.session.is_terminal() => return Hello::Done,
                 Flow::Continue => match self.session.state() {
-                    State::Open(_) => return Some(rest),
+                    State::Open(_) => return Hello::Bus(rest),
                     State::AwaitingHello { .. }
                     | State::HandshakeOnly { .. }
                     | State::Denied { .. }
@@ -285,6 +311,13 @@ impl<S: Stream> Conn<S> {
         let writer = self
             .ctx
             .spawn(write_frames(self.stream.clone(), queue_rx, last_rx));
+        if vm != super::session::HOST {
+            let exec = self
+                .caps
+                .iter()
+                .any(|c| c == super::stream::wire::CAP_EXEC_V1);
+            self.ctx.streams.add_agent(key, &vm, exec, queue.clone());
+        }
         let _ = self.ctx.hub.try_send(HubMsg::Register {
             key,
             vm,
@@ -311,6 +344,7 @@ impl<S: Stream> Conn<S> {
             return;
         };
         let _ = self.ctx.hub.try_send(HubMsg::Unregister { key: bus.key });
+        self.ctx.streams.remove_agent(bus.key);
         bus.queue.close();
         let writer = bus.writer;
         writer

@@ -2,11 +2,10 @@
 //! broker's Unix socket and succeeds only on the durable ack; `subscribe`
 //! holds a live host session on that socket (`subscribe.rs`); `tail` reads
 //! and follows the bus log files directly, never waiting on the broker
-//! (`tail.rs`, with `--since` parsed in `since.rs` and rotated files passed
-//! over in `rotated.rs`). Both print messages as `broker::consumer` renders
+//! (`tail.rs`, with `--since` parsed in `since.rs`, through the crate's one
+//! follower, `broker::buslog::follow`). Both print messages as `broker::consumer` renders
 //! them.
 
-mod rotated;
 mod since;
 mod subscribe;
 mod tail;
@@ -19,6 +18,7 @@ use serde_json::Value;
 
 use crate::broker::frame::DEFAULT_FRAME_LIMIT;
 use crate::broker::host_client;
+use crate::cli::out::outln;
 use crate::config::Project;
 use crate::layout::StateLayout;
 
@@ -88,6 +88,6 @@ fn publish(args: &PublishArgs, layout: &StateLayout) -> Result<ExitCode> {
         args.id.clone().map(Value::String),
         DEFAULT_FRAME_LIMIT as usize,
     )?;
-    println!("{seq}");
+    outln!("{seq}")?;
     Ok(ExitCode::SUCCESS)
 }

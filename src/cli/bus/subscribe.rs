@@ -109,8 +109,8 @@ pub fn run(args: &SubscribeArgs, layout: &StateLayout) -> Result<ExitCode> {
                 }
                 // Heartbeat acks, errors (a bye follows): nothing to do.
                 Ok(None) => continue,
-                // stdout closed (`| head`): done, like a broken pipe.
-                Err(_) => return Ok(ExitCode::SUCCESS),
+                // A closed stdout (`| head`) ends the command in `main`, quietly.
+                Err(e) => return Err(e.into()),
             },
         };
         match sent {

@@ -1,23 +1,22 @@
 //! `castra bus tail`: print and follow the bus log files, from the oldest
 //! kept rotated generation to the live file, filtered by publisher, topic
 //! and start (`--since`). Reads files only, so it never waits on the broker.
-//! With `--since`, a rotated file whose last record (`rotated.rs`, read from
-//! its end) is before the start is passed over unread: records in a file are
+//! Following (across rotation) is `broker::buslog::follow`'s job. With
+//! `--since`, a rotated file whose last record (read from its end) is before
+//! the start is passed over unread: records in a file are
 //! in sequence order, and in time order (the writer never stamps back in a
 //! run; only a clock set back while the broker was stopped breaks it, see
 //! docs/BUS.md), so none of its records would be printed.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use super::rotated::last_record;
 use super::since::Since;
+use crate::broker::buslog::follow::Follower;
 use crate::broker::buslog::{LogRecord, generations};
 use crate::broker::consumer::render_line;
 use crate::broker::stamp::unix_ms;
@@ -97,20 +96,26 @@ pub fn run(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
     }
     let mut out = io::stdout().lock();
     // Rotated generations first (oldest to newest), then the live file.
-    let mut reader = LiveReader::new(path, since);
+    let mut reader = follower(path, since);
     let mut lines = reader.poll()?;
     let mut first = true;
     loop {
-        if print(args, since.as_ref(), &lines, first, &mut out).is_err() {
-            // stdout closed (`| head`): done, like a broken pipe.
-            return Ok(ExitCode::SUCCESS);
-        }
+        // A closed stdout (`| head`) ends the command in `main`, quietly.
+        print(args, since.as_ref(), &lines, first, &mut out)?;
         first = false;
         if !args.follow {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(FOLLOW_POLL);
         lines = reader.poll()?;
+    }
+}
+
+/// The crate's bus log follower, passing over rotated files before `since`.
+fn follower(path: PathBuf, since: Option<Since>) -> Follower {
+    match since {
+        Some(s) => Follower::with_start(path, Box::new(move |r| s.admits(r))),
+        None => Follower::new(path),
     }
 }
 
@@ -143,160 +148,19 @@ fn print(
     Ok(())
 }
 
-/// Reads a log from its oldest kept generation to the live file, then
-/// follows the live file across rotation: it keeps the file it reads open,
-/// and when the live name points at another file (the broker renamed it to
-/// `.1` and started a new one) it reads the old one to its end, then goes on
-/// with the next newer generation (by inode), up to the live file again.
-/// With a start, it passes over rotated files that end before it.
-struct LiveReader {
-    path: PathBuf,
-    /// Where `--since` starts, if given.
-    start: Option<Since>,
-    /// The file being read, its inode, and the position after the last whole line.
-    current: Option<(File, u64, u64)>,
-    /// The inode of the last file read to its end, to find its successor.
-    finished: Option<u64>,
-}
-
-/// Inode of a path, if it exists.
-fn inode(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).ok().map(|m| m.ino())
-}
-
-impl LiveReader {
-    fn new(path: PathBuf, start: Option<Since>) -> Self {
-        LiveReader {
-            path,
-            start,
-            current: None,
-            finished: None,
-        }
-    }
-
-    /// Whether `file`, opened as `path`, holds nothing at or after the
-    /// start: a rotated generation (never written again) whose last valid
-    /// record is before it, or that holds none. The live file never is.
-    fn passes_over(&self, path: &Path, file: &File) -> Result<bool> {
-        let Some(start) = &self.start else {
-            return Ok(false);
-        };
-        if path == self.path {
-            return Ok(false);
-        }
-        let cannot = || format!("cannot read {}", path.display());
-        let len = file.metadata().with_context(cannot)?.len();
-        let last = last_record(file, len).with_context(cannot)?;
-        Ok(last.is_none_or(|rec| !start.admits(&rec)))
-    }
-
-    /// The file to read next: the generation after the finished one, else
-    /// the oldest kept one (at the start, or if the finished one was
-    /// rotated away meanwhile). Files that end before the start are
-    /// passed over as if read to their end.
-    fn next_file(&mut self) -> Result<Option<(File, u64)>> {
-        let gens = generations(&self.path);
-        let inodes: Vec<Option<u64>> = gens.iter().map(|p| inode(p)).collect();
-        let next = match self.finished {
-            None => 0,
-            Some(done) => inodes
-                .iter()
-                .position(|i| *i == Some(done))
-                .map_or(0, |i| i + 1),
-        };
-        for path in gens.iter().skip(next) {
-            match File::open(path) {
-                Ok(f) => {
-                    let ino = f
-                        .metadata()
-                        .with_context(|| format!("cannot read {}", path.display()))?
-                        .ino();
-                    if self.passes_over(path, &f)? {
-                        self.finished = Some(ino);
-                        continue;
-                    }
-                    return Ok(Some((f, ino)));
-                }
-                // Renamed meanwhile: the next newer name holds the next file.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot read {}", path.display()));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Every complete line added since the last call.
-    fn poll(&mut self) -> Result<Vec<String>> {
-        let mut lines = Vec::new();
-        loop {
-            let live_ino = inode(&self.path);
-            match &mut self.current {
-                None => match self.next_file()? {
-                    Some((file, ino)) => self.current = Some((file, ino, 0)),
-                    None => return Ok(lines),
-                },
-                Some((file, ino, pos)) => {
-                    let rotated = live_ino != Some(*ino);
-                    let (new, next) = read_lines(file, *pos, &self.path)?;
-                    *pos = next;
-                    lines.extend(new);
-                    if !rotated {
-                        return Ok(lines);
-                    }
-                    // Not the live file: it is complete (the broker rotates
-                    // between commits); go on with the next newer one.
-                    self.finished = Some(*ino);
-                    self.current = None;
-                }
-            }
-        }
-    }
-}
-
-/// Complete lines after `pos` (a torn last line waits for its newline), and
-/// the new position. A line that is not UTF-8 is corrupt (no record can be)
-/// and left out. A file that shrank (cut at a broker restart) is read again
-/// from where it now ends.
-fn read_lines(file: &mut File, pos: u64, path: &Path) -> Result<(Vec<String>, u64)> {
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut pos = pos.min(len);
-    file.seek(SeekFrom::Start(pos))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let mut lines = Vec::new();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 || buf.last() != Some(&b'\n') {
-            break;
-        }
-        pos += n as u64;
-        if let Ok(line) = std::str::from_utf8(&buf) {
-            lines.push(line.trim_end().to_owned());
-        }
-    }
-    Ok((lines, pos))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::buslog::follow::read_lines;
     use crate::broker::buslog::{self, Append, Rotation, read_records};
     use serde_json::json;
+    use std::fs::File;
+    use std::path::Path;
     use std::sync::mpsc;
 
     /// Complete lines of a whole file after `pos`, and the new position.
-    fn read_new(path: &Path, pos: u64) -> Result<(Vec<String>, u64)> {
-        match File::open(path) {
-            Ok(mut f) => read_lines(&mut f, pos, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Vec::new(), 0)),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+    fn read_new(path: &Path, pos: u64) -> (Vec<String>, u64) {
+        read_lines(&mut File::open(path).unwrap(), pos, path).unwrap()
     }
 
     #[test]
@@ -322,10 +186,10 @@ mod tests {
         text.extend_from_slice(b"{\"seq\":9,\"payload\":\"\xff\"}\n");
         text.extend_from_slice(format!("{jb}\n{{\"seq\":3,").as_bytes());
         std::fs::write(&path, &text).unwrap();
-        let (lines, pos) = read_new(&path, 0).unwrap();
+        let (lines, pos) = read_new(&path, 0);
         assert_eq!(lines, [ja, jb]);
         assert_eq!(pos as usize, text.len() - "{\"seq\":3,".len());
-        let (none, same) = read_new(&path, pos).unwrap();
+        let (none, same) = read_new(&path, pos);
         assert!(none.is_empty());
         assert_eq!(same, pos);
         assert!(selected(&b, Some("vm:web"), None) && !selected(&a, Some("vm:web"), None));
@@ -336,55 +200,6 @@ mod tests {
             2024-05-01T12:34:56.789Z #1 vm:web broadcast {"n":1}
             2024-05-01T12:34:56.789Z #2 host vm:web id="x1" {"n":2}
             "#);
-    }
-
-    #[test]
-    fn a_follower_reads_the_old_file_to_its_end_then_the_new_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("all.log");
-        let mut reader = LiveReader::new(live.clone(), None);
-        assert!(reader.poll().unwrap().is_empty());
-        std::fs::write(&live, "a\nb\n").unwrap();
-        assert_eq!(reader.poll().unwrap(), ["a", "b"]);
-        // The broker appends, rotates, and starts a new file before we look again.
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&live)
-            .unwrap();
-        f.write_all(b"c\n").unwrap();
-        std::fs::rename(&live, dir.path().join("all.log.1")).unwrap();
-        std::fs::write(&live, "d\ne").unwrap();
-        assert_eq!(reader.poll().unwrap(), ["c", "d"]);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&live)
-            .unwrap();
-        f.write_all(b"\n").unwrap();
-        assert_eq!(reader.poll().unwrap(), ["e"]);
-        assert!(reader.poll().unwrap().is_empty());
-
-        // Two rotations between looks: nothing in between is skipped.
-        for (gen_text, name) in [("f\n", "all.log.2"), ("g\n", "all.log.1")] {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&live)
-                .unwrap();
-            f.write_all(gen_text.as_bytes()).unwrap();
-            if name == "all.log.2" {
-                std::fs::rename(dir.path().join("all.log.1"), dir.path().join(name)).unwrap();
-                std::fs::rename(&live, dir.path().join("all.log.1")).unwrap();
-            } else {
-                std::fs::rename(dir.path().join("all.log.1"), dir.path().join("all.log.2"))
-                    .unwrap();
-                std::fs::rename(&live, dir.path().join(name)).unwrap();
-            }
-            std::fs::write(&live, "").unwrap();
-        }
-        std::fs::write(&live, "h\n").unwrap();
-        assert_eq!(reader.poll().unwrap(), ["f", "g", "h"]);
-        // A new reader starts at the oldest kept generation.
-        let mut fresh = LiveReader::new(live.clone(), None);
-        assert_eq!(fresh.poll().unwrap(), ["d", "e", "f", "g", "h"]);
     }
 
     /// A bus log written by the real writer: `n` publishes from `web` and
@@ -420,7 +235,7 @@ mod tests {
 
     /// What a non-following tail prints, with or without passing over files.
     fn output(args: &TailArgs, path: &Path, since: Since, pass_over: bool) -> String {
-        let mut reader = LiveReader::new(path.to_owned(), pass_over.then_some(since));
+        let mut reader = follower(path.to_owned(), pass_over.then_some(since));
         let lines = reader.poll().unwrap();
         let mut out = Vec::new();
         print(args, Some(&since), &lines, true, &mut out).unwrap();
@@ -510,7 +325,7 @@ mod tests {
             }
         }
         let passed_over = |since| {
-            let reader = LiveReader::new(all.clone(), Some(since));
+            let reader = follower(all.clone(), Some(since));
             gens.iter()
                 .map(|g| reader.passes_over(g, &File::open(g).unwrap()).unwrap())
                 .collect::<Vec<bool>>()

@@ -295,6 +295,14 @@ const BAD: &[(&str, &str)] = &[
     ),
     ("bootstrap_bad_timeout", "[bootstrap]\ntimeout = \"10\"\n"),
     ("bootstrap_key_at_top_level", "mode = \"auto\"\n"),
+    (
+        "legacy_config_of_the_original_castra",
+        "version = \"0.1\"\n\n[[vms]]\nname = \"devbox\"\nbase_image = \"alpine.qcow2\"\nport_forwards = [{ host = 2222, guest = 22 }]\nmemroy = \"1G\"\n\n[[vms.instances]]\nid = \"devbox-0\"\n\n[lifecycle]\nsigterm_wait_secs = 10\nboot_timeout_secs = 60\n\n[workflows]\ninit = [\"echo hi\"]\n",
+    ),
+    (
+        "suggestion_names_the_type_it_takes",
+        "[lifecycle]\nsigterm_wait_sec = 5\n",
+    ),
 ];
 
 #[test]

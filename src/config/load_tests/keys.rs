@@ -14,7 +14,8 @@ fn a_minimal_vm_gets_the_documented_defaults() {
     assert_eq!(
         p.broker,
         BrokerConfig {
-            port: 7750,
+            // No [broker] port: the first port of /srv/demo's block.
+            port: crate::config::default_broker_port(Path::new("/srv/demo")),
             allow_tokenless_handshake: false
         }
     );

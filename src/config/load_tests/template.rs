@@ -5,12 +5,17 @@ use super::*;
 
 #[test]
 fn the_init_template_loads_as_a_two_vm_demo() {
-    let p = ok(INIT_TEMPLATE);
+    let block = crate::config::block_for(std::path::Path::new("/home/ann/shop"));
+    let p = ok(&init_template(block));
     let names: Vec<&str> = p.vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["web", "db"]);
     assert!(p.vms.iter().all(|v| v.image == ImageSpec::Default));
     assert!(p.vms.iter().all(|v| v.machine == Machine::Microvm));
-    assert_eq!(p.broker, BrokerConfig::default());
+    assert_eq!(p.broker.port, block.broker());
+    assert!(!p.broker.allow_tokenless_handshake);
+    assert_eq!(p.vms[0].forwards[0].host_port, block.port(0));
+    assert_eq!(p.vms[1].forwards[0].host_port, block.port(4));
+    assert!(!init_template(block).contains('@'));
     assert_eq!(p.lifecycle, Lifecycle::default());
 }
 
@@ -35,7 +40,8 @@ fn the_template_documents_every_key() {
         "sigterm_wait",
     ] {
         assert!(
-            INIT_TEMPLATE.contains(&format!("{key} =")),
+            init_template(crate::config::block_for(std::path::Path::new("/p")))
+                .contains(&format!("{key} =")),
             "template does not mention {key}"
         );
     }

@@ -350,7 +350,8 @@ mod tests {
         let took = start.elapsed();
         assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
         assert!(took >= Duration::from_millis(300), "{took:?}");
-        assert!(took < Duration::from_secs(2), "{took:?}");
+        // A bound that only catches a hang (the server never answers).
+        assert!(took < Duration::from_secs(30), "{took:?}");
     }
 
     #[test]
@@ -366,6 +367,7 @@ mod tests {
         let mut qmp = Qmp::connect(&path, Duration::from_secs(5)).unwrap();
         let start = Instant::now();
         assert_eq!(qmp.next_event(Duration::from_millis(100)), None);
-        assert!(start.elapsed() < Duration::from_secs(2));
+        // A bound that only catches a hang.
+        assert!(start.elapsed() < Duration::from_secs(30));
     }
 }

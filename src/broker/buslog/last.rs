@@ -1,14 +1,15 @@
 //! Where a rotated bus log file ends: its last valid record, read backwards
-//! from the end in blocks, so `castra bus tail --since` can pass over whole
-//! rotated files that end before its start without reading them. Only for
-//! rotated generations (the broker never appends to them again); the live
-//! file is always read. Deciding what to skip is `tail.rs`'s job.
+//! from the end in blocks, so a follower with a start (`castra bus tail
+//! --since`) can pass over whole rotated files that end before it without
+//! reading them. Only for rotated generations (the broker never appends to
+//! them again); the live file is always read. Deciding what to skip is
+//! `follow.rs`'s job.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use crate::broker::buslog::LogRecord;
+use super::LogRecord;
 
 /// How much is read at a time, backwards from the end.
 const BLOCK: u64 = 64 * 1024;

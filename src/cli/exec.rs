@@ -1,0 +1,434 @@
+//! `castra exec`: run a command in one or several guests over the broker
+//! (no SSH). Output comes back byte-exact on castra's stdout and stderr as
+//! it is produced; stdin is passed through until EOF when it is not a
+//! terminal; SIGINT, SIGTERM and SIGHUP go to the guest's process group;
+//! the exit code is the command's (125: castra itself failed). Several VMs
+//! run in parallel with `vm | ` line prefixes and the worst exit code;
+//! `--json` prints NDJSON. The stream itself is `stream.rs`'s; the shell's
+//! terminal handling is `shell.rs`'s.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::stream::{self, EXIT_CASTRA, Opened};
+use crate::broker::stream::blocking::Shared;
+use crate::broker::stream::wire::{Channel, Control};
+use crate::config::Project;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = EXEC_HELP)]
+pub struct ExecArgs {
+    /// Run in every VM of castra.toml (then every word after the options is the command).
+    #[arg(long)]
+    all: bool,
+    /// Set an environment variable in the guest (KEY=VAL, or KEY to pass the host's value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// Kill the command after DUR (e.g. 30s, 5m); exit 124, as timeout(1).
+    #[arg(long, value_name = "DUR", value_parser = super::apply_parse_duration)]
+    timeout: Option<Duration>,
+    /// Run in a terminal (a PTY in the guest; needs one here).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// NDJSON on stdout: output chunks (`data`, or `data_b64` when not UTF-8) and the result.
+    #[arg(long, conflicts_with = "tty")]
+    json: bool,
+    /// VM (or VMs separated by commas: web,db), then the command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "VM CMD"
+    )]
+    words: Vec<String>,
+}
+
+const EXEC_HELP: &str = "\
+Examples:
+  castra exec web -- uname -a
+  castra exec web,db -- systemctl is-active nginx
+  castra exec --all -- cat /etc/hostname
+  tar c dir | castra exec web -- tar x -C /srv
+
+Exit codes:
+  N    the command's exit code (127: not found, 126: not executable,
+       128+N: killed by signal N, 124: killed by --timeout)
+  125  castra itself failed: unknown VM, VM not running, agent not reachable
+       or without exec support, broker down, stream lost
+  With several VMs: the highest of their codes.";
+
+/// Where one VM's output goes.
+pub(super) trait Sink: Send {
+    fn out(&mut self, channel: Channel, bytes: &[u8]) -> io::Result<()>;
+    /// A message of castra's or the agent's (not the command's output),
+    /// already prefixed with who says it.
+    fn note(&mut self, message: &str);
+    fn finish(&mut self, _code: i32) {}
+}
+
+/// Straight to castra's stdout and stderr, unchanged.
+pub(super) struct Direct;
+
+impl Sink for Direct {
+    fn out(&mut self, channel: Channel, bytes: &[u8]) -> io::Result<()> {
+        if channel == Channel::Stderr {
+            let mut e = io::stderr().lock();
+            e.write_all(bytes)?;
+            e.flush()
+        } else {
+            let mut o = io::stdout().lock();
+            o.write_all(bytes)?;
+            o.flush()
+        }
+    }
+
+    fn note(&mut self, message: &str) {
+        eprintln!("{message}");
+    }
+}
+
+/// Whole lines, each prefixed `vm | ` (the rest at the end).
+struct Prefixed {
+    vm: String,
+    width: usize,
+    partial: [Vec<u8>; 2],
+}
+
+impl Prefixed {
+    fn emit(&self, channel: Channel, line: &[u8]) -> io::Result<()> {
+        let mut text = format!("{:w$} | ", self.vm, w = self.width).into_bytes();
+        text.extend_from_slice(line);
+        if text.last() != Some(&b'\n') {
+            text.push(b'\n');
+        }
+        Direct.out(channel, &text)
+    }
+}
+
+impl Sink for Prefixed {
+    fn out(&mut self, channel: Channel, bytes: &[u8]) -> io::Result<()> {
+        let i = usize::from(channel == Channel::Stderr);
+        self.partial[i].extend_from_slice(bytes);
+        while let Some(at) = self.partial[i].iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial[i].drain(..=at).collect();
+            self.emit(channel, &line)?;
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, message: &str) {
+        eprintln!("{:w$} | {message}", self.vm, w = self.width);
+    }
+
+    fn finish(&mut self, _code: i32) {
+        for (i, ch) in [(0, Channel::Stdout), (1, Channel::Stderr)] {
+            let rest = std::mem::take(&mut self.partial[i]);
+            if !rest.is_empty() {
+                let _ = self.emit(ch, &rest);
+            }
+        }
+    }
+}
+
+/// NDJSON lines on stdout.
+struct Json {
+    vm: String,
+}
+
+impl Json {
+    fn line(&self, value: serde_json::Value) -> io::Result<()> {
+        Direct.out(Channel::Stdout, format!("{value}\n").as_bytes())
+    }
+}
+
+impl Sink for Json {
+    fn out(&mut self, channel: Channel, bytes: &[u8]) -> io::Result<()> {
+        let name = if channel == Channel::Stderr {
+            "stderr"
+        } else {
+            "stdout"
+        };
+        let value = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::json!({"vm": self.vm, "stream": name, "data": text}),
+            Err(_) => serde_json::json!({"vm": self.vm, "stream": name, "data_b64": base64(bytes)}),
+        };
+        self.line(value)
+    }
+
+    fn note(&mut self, message: &str) {
+        let _ = self.line(serde_json::json!({"vm": self.vm, "error": message}));
+    }
+
+    fn finish(&mut self, code: i32) {
+        let _ = self.line(serde_json::json!({"vm": self.vm, "exit": code}));
+    }
+}
+
+/// Standard base64 with padding.
+pub(super) fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Streams whose guests get castra's signals.
+pub(super) type Live = Arc<Mutex<Vec<Shared<UnixStream>>>>;
+
+/// Forward SIGINT/SIGTERM/SIGHUP to every live stream's process group.
+pub(super) fn forward_signals() -> Live {
+    let live: Live = Arc::default();
+    let to = live.clone();
+    stream::handle_signals(stream::forwarded_signals(false), move |sig| {
+        let word = stream::signal_word(sig).to_owned();
+        for w in to.lock().map(|l| l.clone()).unwrap_or_default() {
+            let _ = w.control(&Control::Signal {
+                signal: word.clone(),
+            });
+        }
+    });
+    live
+}
+
+/// How stdin reaches the guest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stdin {
+    /// Copied until EOF, then the guest's stdin closes.
+    Pass,
+    /// The guest's stdin is closed at once.
+    Closed,
+}
+
+/// Run one opened stream to its end: the exit code to report.
+pub(super) fn drive(opened: Opened, sink: &mut dyn Sink, stdin: Stdin) -> i32 {
+    let Opened {
+        vm,
+        mut reader,
+        writer,
+        socket,
+    } = opened;
+    if stdin == Stdin::Pass {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut input = io::stdin().lock();
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if w.send(Channel::Input, &buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = w.send(Channel::Input, &[]);
+        });
+    } else {
+        let _ = writer.send(Channel::Input, &[]);
+    }
+    let mut buf = Vec::new();
+    let code = loop {
+        match reader.next(&mut buf) {
+            Ok(Some(ch @ (Channel::Stdout | Channel::Stderr))) => {
+                if sink.out(ch, &buf).is_err() {
+                    // Our stdout's reader went away (`| head`): end the
+                    // command (the agent kills its group) as SIGPIPE would.
+                    let _ = socket.shutdown(std::net::Shutdown::Both);
+                    break 128 + nix::sys::signal::Signal::SIGPIPE as i32;
+                }
+            }
+            Ok(Some(Channel::Control)) => match Control::parse(&buf) {
+                Some(Control::Exit { code, .. }) => break code,
+                Some(Control::Error { code, message }) => {
+                    sink.note(&message);
+                    break code;
+                }
+                _ => {}
+            },
+            Ok(Some(Channel::Input)) => {}
+            Ok(None) | Err(_) => {
+                sink.note(&format!(
+                    "castra: the stream to vm {vm:?} ended before the command did (guest reset, agent restarted, or broker stopped)"
+                ));
+                break EXIT_CASTRA;
+            }
+        }
+    };
+    sink.finish(code);
+    code
+}
+
+/// The exec request of `args` (argv as given: no shell).
+fn request(args: &ExecArgs, argv: Vec<String>, tty: Option<(u16, u16)>) -> Result<Control, String> {
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => env.insert(k.to_owned(), v.to_owned()),
+            None if !kv.is_empty() => match std::env::var(kv) {
+                Ok(v) => env.insert(kv.clone(), v),
+                Err(_) => return Err(format!("-e {kv}: not set in this environment")),
+            },
+            _ => return Err(format!("-e {kv:?}: expected KEY=VAL")),
+        };
+    }
+    Ok(Control::Exec {
+        argv,
+        env,
+        cwd: args.workdir.clone(),
+        tty: tty.is_some(),
+        rows: tty.map(|t| t.0),
+        cols: tty.map(|t| t.1),
+        timeout_ms: args.timeout.map(|d| d.as_millis() as u64),
+    })
+}
+
+/// Split the words into VM names and the command.
+fn targets(args: &ExecArgs, project: &Project) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut words = args.words.clone();
+    let vms: Vec<String> = if args.all {
+        project.vms.iter().map(|v| v.name.clone()).collect()
+    } else {
+        let first = words.remove(0);
+        first
+            .split(',')
+            .map(str::to_owned)
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    if words.first().map(String::as_str) == Some("--") {
+        words.remove(0);
+    }
+    if words.is_empty() {
+        return Err("no command given: castra exec VM [--] CMD [ARG...]".into());
+    }
+    if vms.is_empty() {
+        return Err("no VM given (name one, several as web,db, or --all)".into());
+    }
+    Ok((vms, words))
+}
+
+fn code_of(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+pub fn run(args: &ExecArgs, project: &Project) -> Result<ExitCode> {
+    let (vms, argv) = match targets(args, project) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("castra exec: {e}");
+            return Ok(code_of(EXIT_CASTRA));
+        }
+    };
+    if args.tty {
+        if vms.len() != 1 {
+            eprintln!("castra exec: -t runs in one VM");
+            return Ok(code_of(EXIT_CASTRA));
+        }
+        return Ok(code_of(super::shell::interactive(
+            project,
+            &vms[0],
+            |size| request(args, argv, Some(size)),
+        )));
+    }
+    let req = match request(args, argv, None) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("castra exec: {e}");
+            return Ok(code_of(EXIT_CASTRA));
+        }
+    };
+    let live = forward_signals();
+    let width = vms.iter().map(String::len).max().unwrap_or(0);
+    let single = vms.len() == 1;
+    let codes: Vec<i32> = std::thread::scope(|s| {
+        let handles: Vec<_> = vms
+            .iter()
+            .map(|vm| {
+                let (req, live) = (&req, live.clone());
+                s.spawn(move || {
+                    let mut sink: Box<dyn Sink> = match (args.json, single) {
+                        (true, _) => Box::new(Json { vm: vm.clone() }),
+                        (false, true) => Box::new(Direct),
+                        (false, false) => Box::new(Prefixed {
+                            vm: vm.clone(),
+                            width,
+                            partial: Default::default(),
+                        }),
+                    };
+                    match stream::open(project, vm, req) {
+                        Ok(opened) => {
+                            if let Ok(mut l) = live.lock() {
+                                l.push(opened.writer.clone());
+                            }
+                            let stdin = if single && !is_tty(0) {
+                                Stdin::Pass
+                            } else {
+                                Stdin::Closed
+                            };
+                            drive(opened, sink.as_mut(), stdin)
+                        }
+                        Err(stream::Failed(msg)) => {
+                            sink.note(&format!("castra: {msg}"));
+                            sink.finish(EXIT_CASTRA);
+                            EXIT_CASTRA
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(EXIT_CASTRA))
+            .collect()
+    });
+    Ok(code_of(codes.into_iter().max().unwrap_or(EXIT_CASTRA)))
+}
+
+/// Whether `fd` is a terminal.
+pub(super) fn is_tty(fd: i32) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { nix::libc::isatty(fd) == 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (input, want) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"\xff\x00\xfe", "/wD+"),
+        ] {
+            assert_eq!(base64(input), want);
+        }
+    }
+}
