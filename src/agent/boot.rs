@@ -13,12 +13,7 @@ pub const CMDLINE: &str = "/proc/cmdline";
 /// `-fw_cfg name=opt/castra/token,file=...`.
 pub const FW_CFG_TOKEN: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw";
 
-/// Where QEMU's fw_cfg entries appear in the guest (`<dir>/<name>/raw`).
-pub const FW_CFG_DIR: &str = "/sys/firmware/qemu_fw_cfg/by_name";
-/// fw_cfg name of the VM's name (every VM castra launches has it).
-pub const FW_CFG_VM: &str = "opt/castra/vm";
-/// fw_cfg name of the broker's port.
-pub const FW_CFG_BROKER_PORT: &str = "opt/castra/broker_port";
+pub use crate::qemu::fw_cfg::{FW_CFG_BROKER_PORT, FW_CFG_DIR, FW_CFG_VM};
 
 /// What the kernel command line (or fw_cfg) says about castra.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -143,7 +143,7 @@ fn prune(args: &PruneArgs) -> anyhow::Result<ExitCode> {
     Ok(if errors.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(super::EXIT_ERROR)
+        ExitCode::from(super::exit::EXIT_ERROR)
     })
 }
 

@@ -43,7 +43,7 @@ pub fn run(args: &WaitArgs, project: &Project) -> Result<ExitCode> {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(super::EXIT_ERROR))
+            Ok(ExitCode::from(super::exit::EXIT_ERROR))
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod argv;
+pub mod fw_cfg;
 pub mod guest_clock;
 pub mod process;
 pub mod qmp;

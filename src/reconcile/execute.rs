@@ -27,9 +27,7 @@ use super::plan::{Plan, Step};
 use super::record::{self, LaunchRecord};
 use super::secret;
 
-/// The fw_cfg name the guest reads its token from
-/// (`/sys/firmware/qemu_fw_cfg/by_name/opt/castra/token/raw`).
-pub const TOKEN_FW_CFG: &str = "opt/castra/token";
+pub use crate::qemu::fw_cfg::TOKEN_FW_CFG;
 
 /// The kernel command line of a kernel + root disk image that sets none.
 pub const DISK_ROOT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
@@ -241,9 +239,9 @@ impl<'a> Executor<'a> {
         // Name and broker port for guests that get no castra command line.
         let port = self.project.broker.port.to_string();
         for (name, file, text) in [
-            (crate::agent::boot::FW_CFG_VM, paths.fw_name(), vm),
+            (crate::qemu::fw_cfg::FW_CFG_VM, paths.fw_name(), vm),
             (
-                crate::agent::boot::FW_CFG_BROKER_PORT,
+                crate::qemu::fw_cfg::FW_CFG_BROKER_PORT,
                 paths.fw_broker_port(),
                 &port,
             ),

@@ -72,7 +72,12 @@ pub fn refs(file: &File) -> Vec<Ref> {
                 break;
             }
         }
-        if segments.len() > 1 {
+        // `pub(in crate::broker)` names a visibility, not a dependency.
+        let visibility = code[..start]
+            .trim_end()
+            .strip_suffix("in")
+            .is_some_and(|b| b.trim_end().ends_with('('));
+        if segments.len() > 1 && !visibility {
             out.push(Ref {
                 offset: start,
                 segments,
