@@ -14,167 +14,23 @@ mod binary;
 mod build;
 pub mod cpio;
 mod error;
+mod initramfs;
 mod manifest;
 pub mod modules;
 pub mod prune;
 mod sources;
-
-use std::fs;
-use std::path::{Path, PathBuf};
-
-use serde::Serialize;
+mod store;
 
 pub use error::ImageError;
 pub use manifest::{INITRD_FILE, KERNEL_FILE, Manifest};
-
-/// Kernel command line of the default image. `quiet` matters: kernel logs on
-/// the emulated serial console cost seconds under TCG.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
-
-/// A built default image, ready for direct kernel boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DefaultImage {
-    /// Uncompressed ELF kernel with a PVH note (for `-M microvm`).
-    pub kernel: PathBuf,
-    /// newc cpio initramfs.
-    pub initrd: PathBuf,
-    /// Base kernel command line; castra appends `castra.vm=<name> castra.broker_port=<port>`
-    /// and, under TCG, `qemu::guest_clock::tcg_kernel_args_for_host()` (host-specific, so not part of `id`).
-    pub cmdline: String,
-    /// Short hex content id (kernel + initrd + cmdline), for fingerprints.
-    pub id: String,
-}
-
-/// What `build` starts from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BuildOptions {
-    /// Rebuild even if an image with the same inputs exists.
-    pub force: bool,
-    /// A `linux-image-<version>-amd64` .deb to use instead of asking apt.
-    pub kernel_deb: Option<PathBuf>,
-    /// A static busybox binary or busybox-static .deb (default: the host's
-    /// `/bin/busybox` if static, else apt's busybox-static).
-    pub busybox: Option<PathBuf>,
-    /// Extra files: (host path, absolute guest path, permission bits).
-    /// An executable `/bin/castra-agent` is started by the init.
-    pub extra_files: Vec<(PathBuf, String, u32)>,
-}
-
-/// The image cache: `$CASTRA_CACHE_DIR`, else `$XDG_CACHE_HOME/castra`, else
-/// `~/.cache/castra`.
-pub fn cache_root() -> PathBuf {
-    cache_root_with(&|k| std::env::var_os(k))
-}
-
-fn cache_root_with(var: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
-    let env = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = env("CASTRA_CACHE_DIR") {
-        return dir;
-    }
-    if let Some(dir) = env("XDG_CACHE_HOME") {
-        return dir.join("castra");
-    }
-    let home = env("HOME").unwrap_or_else(|| PathBuf::from("/"));
-    home.join(".cache").join("castra")
-}
-
-/// The current default image, from `images/current` and its manifest (no
-/// hashing of big files). Missing or half-built images are errors that say
-/// to run `castra image build`.
-pub fn locate() -> Result<DefaultImage, ImageError> {
-    locate_in(&cache_root())
-}
-
-fn locate_in(root: &Path) -> Result<DefaultImage, ImageError> {
-    let images = root.join(manifest::IMAGES_DIR);
-    let pointer = images.join(manifest::CURRENT);
-    let key = match fs::read_to_string(&pointer) {
-        Ok(key) => key.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ImageError::NotBuilt { pointer });
-        }
-        Err(e) => return Err(ImageError::io(&pointer)(e)),
-    };
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ImageError::Broken {
-            dir: images,
-            reason: format!("{} does not hold an image key", pointer.display()),
-        });
-    }
-    read_image(&images.join(key))
-}
+pub use store::{
+    BuildOptions, DEFAULT_CMDLINE, DefaultImage, cache_root, current_manifest, locate,
+};
 
 /// Builds the default image, or reuses the one built from the same inputs.
 pub fn build(
     opts: &BuildOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<DefaultImage, ImageError> {
-    build::build(&cache_root(), opts, progress)
+    build::build(&store::cache_root(), opts, progress)
 }
-
-/// The manifest of the image `locate` would return (for `castra image path --json`).
-pub fn current_manifest() -> Result<(PathBuf, Manifest), ImageError> {
-    let image = locate()?;
-    let dir = image
-        .kernel
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    Ok((dir.clone(), read_manifest(&dir)?))
-}
-
-fn read_manifest(dir: &Path) -> Result<Manifest, ImageError> {
-    let path = dir.join(manifest::MANIFEST);
-    let broken = |reason: String| ImageError::Broken {
-        dir: dir.to_path_buf(),
-        reason,
-    };
-    let text = fs::read_to_string(&path).map_err(|e| broken(format!("{}: {e}", path.display())))?;
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|e| broken(format!("{}: {e}", path.display())))?;
-    if manifest.format != manifest::MANIFEST_FORMAT {
-        return Err(broken(format!(
-            "manifest format {} (this castra reads {})",
-            manifest.format,
-            manifest::MANIFEST_FORMAT
-        )));
-    }
-    Ok(manifest)
-}
-
-/// Reads one image directory, checking that its files exist with the sizes
-/// the manifest records (cheap stats, no hashing).
-fn read_image(dir: &Path) -> Result<DefaultImage, ImageError> {
-    let manifest = read_manifest(dir)?;
-    let broken = |reason: String| ImageError::Broken {
-        dir: dir.to_path_buf(),
-        reason,
-    };
-    let kernel = dir.join(KERNEL_FILE);
-    let initrd = dir.join(INITRD_FILE);
-    for (path, want) in [
-        (&kernel, manifest.kernel_size),
-        (&initrd, manifest.initrd_size),
-    ] {
-        match fs::metadata(path) {
-            Ok(m) if m.len() == want => {}
-            Ok(m) => {
-                return Err(broken(format!(
-                    "{} is {} bytes, the manifest says {want}",
-                    path.display(),
-                    m.len()
-                )));
-            }
-            Err(e) => return Err(broken(format!("{}: {e}", path.display()))),
-        }
-    }
-    Ok(DefaultImage {
-        kernel,
-        initrd,
-        cmdline: manifest.cmdline,
-        id: manifest.id,
-    })
-}
-
-#[cfg(test)]
-mod tests;
