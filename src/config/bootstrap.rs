@@ -14,12 +14,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::diagnostic::Problem;
+use super::duration::parse_duration;
+use super::model::{
+    BootstrapKind, BootstrapMode, BootstrapSpec, DEFAULT_BOOTSTRAP_TIMEOUT, SECRET_SUFFIXES,
+};
 use super::raw::RawBootstrap;
 use super::suggest::closest;
-use super::{
-    BootstrapKind, BootstrapMode, BootstrapSpec, DEFAULT_BOOTSTRAP_TIMEOUT, SECRET_SUFFIXES,
-    parse_duration,
-};
 
 /// One bootstrap table after its own checks, before merging.
 #[derive(Debug, Default, Clone)]

@@ -8,8 +8,18 @@ use std::net::IpAddr;
 use std::ops::Range;
 
 use super::diagnostic::{Problem, line_col};
-use super::validate::Instance;
-use super::{Forward, Proto};
+use super::model::VmSpec;
+use super::model::{Forward, Proto};
+
+/// One VM instance being built, with the spans cross-checks point at.
+pub(super) struct Instance {
+    pub(super) spec: VmSpec,
+    /// Span of the `name` value of the `[[vms]]` entry it came from.
+    pub(super) name_span: Range<usize>,
+    /// `Some((base name, index))` for replicas.
+    pub(super) replica: Option<(String, u32)>,
+    pub(super) forward_spans: Vec<Range<usize>>,
+}
 
 pub(super) fn check_unique_names(instances: &[Instance], text: &str, problems: &mut Vec<Problem>) {
     let mut seen: HashMap<&str, &Instance> = HashMap::new();

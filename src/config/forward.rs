@@ -7,7 +7,7 @@
 //! Parsing only; which forwards collide with each other is `validate`'s job,
 //! and whether a port is free on the host is the planner's.
 
-use super::{Forward, Proto};
+use super::model::{Forward, Proto};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Why a forward string is not valid: a message and how to fix it.

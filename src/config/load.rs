@@ -4,10 +4,11 @@
 //! meaning errors all come back as one located [`ConfigError`].
 
 use super::diagnostic::{ConfigError, Problem};
+use super::model::Project;
 use super::names::sanitize;
 use super::raw::RawConfig;
 use super::validate::{Origin, validate};
-use super::{Project, legacy, schema};
+use super::{legacy, schema};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! starts (`reconcile`), the guest agent parses it and mounts (`agent/shares.rs`); the
 //! format lives here, below both. Pure.
 
-use super::Share;
+use super::model::Share;
 
 /// Where QEMU's fw_cfg exposes the share table castra passes with
 /// `-fw_cfg name=opt/castra/shares,file=...`.

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::Share;
 use super::diagnostic::Problem;
+use super::model::Share;
 use super::raw::RawShare;
 
 /// QEMU 7.2 refuses longer 9p mount tags.
@@ -36,7 +36,7 @@ pub(super) fn check(
         } = entry.into_inner();
         let before = problems.len();
         let host = match host {
-            Some(h) => super::validate::check_path("host", &h)
+            Some(h) => super::paths::check_path("host", &h)
                 .map_err(|p| problems.push(p))
                 .ok()
                 .map(|p| root.join(p)),

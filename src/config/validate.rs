@@ -6,17 +6,20 @@
 //!
 //! Pure: paths are joined, never looked at.
 
-use super::cross_checks::{check_forwards, check_unique_names};
+use super::cross_checks::{Instance, check_forwards, check_unique_names};
 use super::diagnostic::Problem;
+use super::duration::parse_duration;
 use super::forward::parse_forward;
-use super::names::{check_name, sanitize};
-use super::raw::{RawConfig, RawImage, RawImageTable, RawVm, SizeInput};
-use super::suggest::closest;
-use super::{
-    AccelChoice, BrokerConfig, ByteSize, DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_STATE_DIR, Forward,
-    ImageSpec, Lifecycle, MAX_COUNT, MAX_CPUS, MAX_NAME_LEN, MIN_MEMORY, Machine, Project, VmSpec,
-    parse_duration, parse_size,
+use super::model::{
+    AccelChoice, BrokerConfig, DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_STATE_DIR, Forward, ImageSpec,
+    Lifecycle, MAX_COUNT, MAX_CPUS, MIN_MEMORY, Machine, Project, VmSpec,
 };
+use super::names::MAX_NAME_LEN;
+use super::names::{check_name, sanitize};
+use super::paths::check_path;
+use super::raw::{RawConfig, RawImage, RawImageTable, RawVm, SizeInput};
+use super::size::{ByteSize, parse_size};
+use super::suggest::closest;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,16 +34,6 @@ pub(crate) struct Origin<'a> {
     pub root_dir: PathBuf,
     /// Project name when `[project] name` is absent (already sanitized).
     pub default_name: String,
-}
-
-/// One VM instance being built, with the spans cross-checks point at.
-pub(super) struct Instance {
-    pub(super) spec: VmSpec,
-    /// Span of the `name` value of the `[[vms]]` entry it came from.
-    pub(super) name_span: Range<usize>,
-    /// `Some((base name, index))` for replicas.
-    pub(super) replica: Option<(String, u32)>,
-    pub(super) forward_spans: Vec<Range<usize>>,
 }
 
 pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, Vec<Problem>> {
@@ -187,31 +180,6 @@ fn bad_name(what: &str, name: &Spanned<String>, why: &str) -> Problem {
 /// Names the bus log uses for itself: host publishes go to `host.log` (and
 /// `from` is `host`), every publish to `all.log`.
 pub(crate) const RESERVED_VM_NAMES: &[&str] = &["host", "all"];
-
-/// A user path from the config: not empty, no `~`.
-pub(super) fn check_path(key: &str, p: &Spanned<String>) -> Result<PathBuf, Problem> {
-    let text = p.get_ref();
-    if text.trim().is_empty() {
-        let example = match key {
-            "state_dir" => ".castra",
-            "kernel" => "vmlinux",
-            "initrd" => "initrd.img",
-            "host" => "flake",
-            _ => "base.qcow2",
-        };
-        return Err(Problem::new(format!("{key} path is empty"), p.span()).help(format!(
-            "for example: {key} = \"{example}\" (relative paths start at the directory of castra.toml)"
-        )));
-    }
-    if text == "~" || text.starts_with("~/") {
-        return Err(
-            Problem::new(format!("{key} path \"{text}\" starts with '~'"), p.span()).help(
-                "'~' is not expanded: write an absolute path or one relative to the directory of castra.toml",
-            ),
-        );
-    }
-    Ok(PathBuf::from(text))
-}
 
 fn duration(
     key: &str,

@@ -3,6 +3,7 @@
 //! forwards, machine and accel included).
 
 use super::*;
+use std::time::Duration;
 
 #[test]
 fn a_minimal_vm_gets_the_documented_defaults() {
