@@ -11,14 +11,26 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// A directory that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create {}: {source}", path.display())]
+pub struct CreateDirError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
 /// Create `dir` and its parents, mode 0700 (state may hold secrets).
-pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+pub fn create_private_dir(dir: &Path) -> Result<(), CreateDirError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        .map_err(|source| CreateDirError {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// Remove a file if it is there; a missing file is not an error.
@@ -29,15 +41,39 @@ pub fn remove_if_exists(path: &Path) {
 /// Replace `path` with `bytes` so a crash leaves the old content or the new,
 /// never half: write `<path>.tmp-<pid>` (unique per process, so concurrent
 /// writers do not trample each other's temp file), fsync it, rename it over
-/// `path`, fsync the directory.
+/// `path`, fsync the directory. The crate's one atomic write; the file gets
+/// the usual mode (0666 less the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a secret: the file is owner-only (0600) from its
+/// creation on, never readable by others even for a moment.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    // A temp file a crashed run of this pid left behind.
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
@@ -129,6 +165,20 @@ mod tests {
         write_atomic(&path, b"{\"a\":2}").unwrap();
         let v: Option<serde_json::Value> = TEST_FILE.read(&path).unwrap();
         assert_eq!(v.unwrap()["a"], 2);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "a temp file was left behind");
+    }
+
+    #[test]
+    fn a_private_atomic_write_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        write_atomic_private(&path, b"s3cret").unwrap();
+        write_atomic_private(&path, b"other").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"other");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "a temp file was left behind");
     }

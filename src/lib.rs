@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod bootstrap;
 pub mod broker;
+pub mod cache;
 pub mod clean;
 pub mod cli;
 pub mod config;

@@ -132,6 +132,20 @@ fn bytes_and_codes(p: &Project) {
         "echo $GREETING; pwd",
     ]);
     assert_eq!(ok_stdout(&out), "hi there\n/tmp\n");
+    // Options after the VM name, too.
+    let out = p.castra(&[
+        "exec",
+        "a",
+        "-w",
+        "/tmp",
+        "-e",
+        "K=v",
+        "--",
+        "sh",
+        "-c",
+        "pwd; echo $K",
+    ]);
+    assert_eq!(ok_stdout(&out), "/tmp\nv\n");
     let out = p.castra(&["exec", "--timeout", "1s", "a", "--", "sleep", "30"]);
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
 

@@ -71,7 +71,6 @@ pub fn print_message(
 mod tests {
     use super::*;
     use crate::broker::frame::AckKind;
-    use crate::broker::frame::AckStatus;
     use crate::broker::reason::Reason;
     use serde_json::json;
     use std::os::unix::net::UnixStream;
@@ -105,13 +104,7 @@ mod tests {
         let mut out = Vec::new();
         for other in [
             BrokerFrame::ack_ok(AckKind::Heartbeat),
-            BrokerFrame::Ack {
-                ack: AckKind::Subscribe,
-                status: AckStatus::Error,
-                seq: None,
-                id: None,
-                reason: Some(Reason::ForbiddenTopic),
-            },
+            BrokerFrame::ack_topic(AckKind::Subscribe, "vm:db", Some(Reason::ForbiddenTopic)),
             BrokerFrame::Error {
                 reason: Reason::InvalidJson,
             },

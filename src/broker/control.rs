@@ -7,14 +7,15 @@
 //! guards against pid reuse and against another project's broker.
 
 use std::fs::OpenOptions;
+use std::io;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::fsutil::create_private_dir;
+use crate::fsutil::{CreateDirError, create_private_dir};
 use crate::layout::StateLayout;
 use crate::qemu::process::{Liveness, identity_of, log_tail, probe};
 
@@ -22,6 +23,36 @@ use crate::qemu::process::{Liveness, identity_of, log_tail, probe};
 pub const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 pub const STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// Why the broker could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Dir(#[from] CreateDirError),
+    #[error("cannot open {}: {source}", path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot locate the castra binary: {0}")]
+    NoBinary(#[source] io::Error),
+    #[error("cannot start {} broker: {source}", exe.display())]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the broker exited at start ({status}):\n{log_tail}")]
+    ExitedAtStart {
+        status: ExitStatus,
+        log_tail: String,
+    },
+    #[error("the broker did not open {} within {}s; see {}", socket.display(), START_TIMEOUT.as_secs(), log.display())]
+    NotReady { socket: PathBuf, log: PathBuf },
+    #[error("broker pid {pid} survived SIGKILL")]
+    SurvivedSigkill { pid: i32 },
+}
 
 /// What observe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,18 +111,20 @@ pub fn observe(layout: &StateLayout) -> BrokerState {
 /// Start `castra broker` detached (own process group, output to broker.log)
 /// and wait until its host socket exists and its pidfile names it. Errors
 /// carry the log's last lines.
-pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i32, String> {
+pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i32, ControlError> {
     let dir = layout.broker_dir();
     create_private_dir(&dir)?;
     let log_path = layout.broker_log();
+    let log_err = |source| ControlError::Log {
+        path: log_path.clone(),
+        source,
+    };
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let err_log = log
-        .try_clone()
-        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        .map_err(log_err)?;
+    let err_log = log.try_clone().map_err(log_err)?;
     let exe = castra_exe()?;
     let _ = std::fs::remove_file(layout.broker_socket());
     let mut cmd = Command::new(&exe);
@@ -110,16 +143,19 @@ pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i
             .stderr(Stdio::from(err_log))
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start {} broker: {e}", exe.display()))?
+            .map_err(|source| ControlError::Spawn {
+                exe: exe.clone(),
+                source,
+            })?
     };
     let pid = child.id() as i32;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the broker exited at start ({status}):\n{}",
-                log_tail(&log_path, 5)
-            ));
+            return Err(ControlError::ExitedAtStart {
+                status,
+                log_tail: log_tail(&log_path, 5),
+            });
         }
         // Ready when its socket is bound and its pidfile names it (status and
         // down find it by that pidfile).
@@ -129,12 +165,10 @@ pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "the broker did not open {} within {}s; see {}",
-                layout.broker_socket().display(),
-                START_TIMEOUT.as_secs(),
-                log_path.display()
-            ));
+            return Err(ControlError::NotReady {
+                socket: layout.broker_socket(),
+                log: log_path,
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -147,7 +181,7 @@ pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i
 
 /// SIGTERM (the broker says `bye shutdown` to sessions), then SIGKILL.
 /// Returns whether it was running.
-pub fn stop(layout: &StateLayout) -> Result<bool, String> {
+pub fn stop(layout: &StateLayout) -> Result<bool, ControlError> {
     let BrokerState::Running { pid } = observe(layout) else {
         return Ok(false);
     };
@@ -161,9 +195,14 @@ pub fn stop(layout: &StateLayout) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    std::thread::sleep(Duration::from_millis(100));
+    // SIGKILL takes effect at once but the exit takes a moment (longer on a
+    // loaded host): wait for it, bounded, rather than a fixed pause.
+    let deadline = Instant::now() + STOP_WAIT;
+    while matches!(observe(layout), BrokerState::Running { .. }) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     match observe(layout) {
-        BrokerState::Running { pid } => Err(format!("broker pid {pid} survived SIGKILL")),
+        BrokerState::Running { pid } => Err(ControlError::SurvivedSigkill { pid }),
         BrokerState::Offline { .. } => {
             let _ = std::fs::remove_file(layout.broker_pidfile());
             let _ = std::fs::remove_file(layout.broker_socket());
@@ -173,9 +212,9 @@ pub fn stop(layout: &StateLayout) -> Result<bool, String> {
 }
 
 /// The castra binary to run the broker with (`CASTRA_BIN` overrides, for tests).
-fn castra_exe() -> Result<PathBuf, String> {
+fn castra_exe() -> Result<PathBuf, ControlError> {
     if let Some(p) = std::env::var_os("CASTRA_BIN") {
         return Ok(PathBuf::from(p));
     }
-    std::env::current_exe().map_err(|e| format!("cannot locate the castra binary: {e}"))
+    std::env::current_exe().map_err(ControlError::NoBinary)
 }

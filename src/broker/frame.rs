@@ -97,7 +97,12 @@ pub enum ClientFrame {
     Publish {
         topic: String,
         payload: Value,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Present (even `null`) is echoed; absent is left out of the ack.
+        #[serde(
+            default,
+            deserialize_with = "present",
+            skip_serializing_if = "Option::is_none"
+        )]
         id: Option<Value>,
     },
     Subscribe {
@@ -150,8 +155,16 @@ pub enum BrokerFrame {
         status: AckStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "present",
+            skip_serializing_if = "Option::is_none"
+        )]
         id: Option<Value>,
+        /// The topic a subscribe or unsubscribe ack answers (so acks
+        /// correlate without relying on order).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<Reason>,
     },
@@ -176,6 +189,11 @@ pub enum BrokerFrame {
     },
 }
 
+/// A field that is present is `Some`, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 impl BrokerFrame {
     pub fn ack_ok(ack: AckKind) -> Self {
         BrokerFrame::Ack {
@@ -183,7 +201,24 @@ impl BrokerFrame {
             status: AckStatus::Ok,
             seq: None,
             id: None,
+            topic: None,
             reason: None,
+        }
+    }
+
+    /// A subscribe or unsubscribe ack, naming its topic.
+    pub fn ack_topic(ack: AckKind, topic: &str, reason: Option<Reason>) -> Self {
+        BrokerFrame::Ack {
+            ack,
+            status: if reason.is_some() {
+                AckStatus::Error
+            } else {
+                AckStatus::Ok
+            },
+            seq: None,
+            id: None,
+            topic: Some(topic.to_string()),
+            reason,
         }
     }
 
@@ -194,6 +229,7 @@ impl BrokerFrame {
             status: AckStatus::Ok,
             seq: Some(seq),
             id,
+            topic: None,
             reason: None,
         }
     }
@@ -204,6 +240,7 @@ impl BrokerFrame {
             status: AckStatus::Error,
             seq: None,
             id,
+            topic: None,
             reason: Some(reason),
         }
     }
@@ -257,6 +294,34 @@ mod tests {
             }
         }
         (out, None)
+    }
+
+    #[test]
+    fn a_null_id_is_echoed_and_an_absent_one_left_out() {
+        let with_null =
+            ClientFrame::parse(br#"{"type":"publish","topic":"t","payload":1,"id":null}"#);
+        let Ok(ClientFrame::Publish { id, .. }) = with_null else {
+            panic!("{with_null:?}");
+        };
+        assert_eq!(id, Some(Value::Null));
+        let ack = serde_json::to_string(&BrokerFrame::ack_published(3, id)).unwrap();
+        assert_eq!(
+            ack,
+            r#"{"type":"ack","ack":"publish","status":"ok","seq":3,"id":null}"#
+        );
+        assert_eq!(
+            BrokerFrame::parse(ack.as_bytes()),
+            Ok(BrokerFrame::ack_published(3, Some(Value::Null)))
+        );
+        let absent = ClientFrame::parse(br#"{"type":"publish","topic":"t","payload":1}"#);
+        let Ok(ClientFrame::Publish { id, .. }) = absent else {
+            panic!("{absent:?}");
+        };
+        let ack = serde_json::to_string(&BrokerFrame::ack_published(4, id)).unwrap();
+        assert_eq!(
+            ack,
+            r#"{"type":"ack","ack":"publish","status":"ok","seq":4}"#
+        );
     }
 
     #[test]

@@ -226,11 +226,13 @@ impl HostSession {
                     ack: AckKind::Subscribe,
                     status,
                     reason,
+                    topic,
                     ..
                 }) => {
                     if status == AckStatus::Error {
                         return Err(SessionError::SubscribeRefused {
-                            topic: topics[acked].clone(),
+                            // The ack names its topic (older brokers: acks come in order).
+                            topic: topic.unwrap_or_else(|| topics[acked].clone()),
                             reason: reason.unwrap_or(Reason::Unsupported),
                         });
                     }

@@ -215,7 +215,8 @@ impl Worker {
                     self.dirty = true;
                 }
                 Ok(Msg::Status(reply)) => {
-                    let _ = reply.try_send(self.render(unix_ms()));
+                    // The host socket answers one line: compact JSON.
+                    let _ = reply.try_send(self.render(unix_ms(), false));
                 }
                 Ok(Msg::Stop(reason)) => {
                     self.emit(&Event::BrokerStopped { reason }, unix_ms());
@@ -248,17 +249,23 @@ impl Worker {
         let _ = io::stderr().lock().write_all(text.as_bytes());
     }
 
-    fn render(&mut self, now: u64) -> String {
+    /// The snapshot as JSON: pretty for state.json, one line for the socket.
+    fn render(&mut self, now: u64, pretty: bool) -> String {
         for (record, at_ms) in self.refreshes.drain() {
             self.snapshot.apply(&record, at_ms);
         }
         self.snapshot.written_ms = now;
         self.snapshot.connections = self.connections.load(Ordering::Relaxed) as u32;
-        serde_json::to_string_pretty(&self.snapshot).unwrap_or_default()
+        let text = if pretty {
+            serde_json::to_string_pretty(&self.snapshot)
+        } else {
+            serde_json::to_string(&self.snapshot)
+        };
+        text.unwrap_or_default()
     }
 
     fn write_state(&mut self) {
-        let json = self.render(unix_ms());
+        let json = self.render(unix_ms(), true);
         self.last_write = Some(Instant::now());
         match write_atomic(&self.state_path, format!("{json}\n").as_bytes()) {
             Ok(()) => self.dirty = false,

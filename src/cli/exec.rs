@@ -21,7 +21,7 @@ use crate::broker::stream::blocking::Shared;
 use crate::broker::stream::wire::{Channel, Control};
 use crate::config::Project;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 #[command(after_help = EXEC_HELP)]
 pub struct ExecArgs {
     /// Run in every VM of castra.toml (then every word after the options is the command).
@@ -307,7 +307,43 @@ fn request(args: &ExecArgs, argv: Vec<String>, tty: Option<(u16, u16)>) -> Resul
 }
 
 /// Split the words into VM names and the command.
-fn targets(args: &ExecArgs, project: &Project) -> Result<(Vec<String>, Vec<String>), String> {
+/// Options written after the VM name (`castra exec web -e K=V -- cmd`):
+/// clap leaves them in the trailing words; take them until `--` or the
+/// first word that is not one of them.
+fn late_options(args: &mut ExecArgs, words: &mut Vec<String>) -> Result<(), String> {
+    while let Some(word) = words.first().cloned() {
+        let value = |words: &mut Vec<String>| -> Result<String, String> {
+            words.remove(0);
+            if words.is_empty() {
+                return Err(format!("{word} needs a value"));
+            }
+            Ok(words.remove(0))
+        };
+        match word.as_str() {
+            "-e" | "--env" => {
+                let v = value(words)?;
+                args.env.push(v);
+            }
+            "-w" | "--workdir" => args.workdir = Some(value(words)?),
+            "--timeout" => {
+                let v = value(words)?;
+                args.timeout = Some(crate::config::parse_duration(&v)?);
+            }
+            "-t" | "--tty" => {
+                words.remove(0);
+                args.tty = true;
+            }
+            "--json" => {
+                words.remove(0);
+                args.json = true;
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+fn targets(args: &mut ExecArgs, project: &Project) -> Result<(Vec<String>, Vec<String>), String> {
     let mut words = args.words.clone();
     let vms: Vec<String> = if args.all {
         project.vms.iter().map(|v| v.name.clone()).collect()
@@ -319,6 +355,7 @@ fn targets(args: &ExecArgs, project: &Project) -> Result<(Vec<String>, Vec<Strin
             .filter(|s| !s.is_empty())
             .collect()
     };
+    late_options(args, &mut words)?;
     if words.first().map(String::as_str) == Some("--") {
         words.remove(0);
     }
@@ -336,7 +373,8 @@ fn code_of(code: i32) -> ExitCode {
 }
 
 pub fn run(args: &ExecArgs, project: &Project) -> Result<ExitCode> {
-    let (vms, argv) = match targets(args, project) {
+    let mut args = args.clone();
+    let (vms, argv) = match targets(&mut args, project) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("castra exec: {e}");
@@ -351,10 +389,10 @@ pub fn run(args: &ExecArgs, project: &Project) -> Result<ExitCode> {
         return Ok(code_of(super::shell::interactive(
             project,
             &vms[0],
-            |size| request(args, argv, Some(size)),
+            |size| request(&args, argv, Some(size)),
         )));
     }
-    let req = match request(args, argv, None) {
+    let req = match request(&args, argv, None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("castra exec: {e}");

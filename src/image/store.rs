@@ -43,22 +43,9 @@ pub struct BuildOptions {
     pub extra_files: Vec<(PathBuf, String, u32)>,
 }
 
-/// The image cache: `$CASTRA_CACHE_DIR`, else `$XDG_CACHE_HOME/castra`, else
-/// `~/.cache/castra`.
+/// The image cache: castra's cache directory (`crate::cache`, its one owner).
 pub fn cache_root() -> PathBuf {
-    cache_root_with(&|k| std::env::var_os(k))
-}
-
-fn cache_root_with(var: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
-    let env = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = env("CASTRA_CACHE_DIR") {
-        return dir;
-    }
-    if let Some(dir) = env("XDG_CACHE_HOME") {
-        return dir.join("castra");
-    }
-    let home = env("HOME").unwrap_or_else(|| PathBuf::from("/"));
-    home.join(".cache").join("castra")
+    crate::cache::root()
 }
 
 /// The current default image, from `images/current` and its manifest (no

@@ -1,36 +1,7 @@
-//! Tests of the image cache's public surface: where the cache lives and what
-//! `locate` accepts (a finished image) and refuses (missing or half images).
+//! Tests of the image cache's public surface: what `locate` accepts (where
+//! the cache lives is `crate::cache`'s, tested there) (a finished image) and refuses (missing or half images).
 
 use super::*;
-use std::ffi::OsString;
-
-fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
-    move |k| {
-        pairs
-            .iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| OsString::from(v))
-    }
-}
-
-#[test]
-fn cache_root_precedence() {
-    let all = env(&[
-        ("CASTRA_CACHE_DIR", "/c"),
-        ("XDG_CACHE_HOME", "/x"),
-        ("HOME", "/h"),
-    ]);
-    assert_eq!(cache_root_with(&all), PathBuf::from("/c"));
-    let xdg = env(&[
-        ("CASTRA_CACHE_DIR", ""),
-        ("XDG_CACHE_HOME", "/x"),
-        ("HOME", "/h"),
-    ]);
-    assert_eq!(cache_root_with(&xdg), PathBuf::from("/x/castra"));
-    let home = env(&[("HOME", "/h")]);
-    assert_eq!(cache_root_with(&home), PathBuf::from("/h/.cache/castra"));
-}
-
 /// Writes a finished-looking image under `root` and returns its directory.
 fn fake_image(root: &Path, key: &str, kernel_len: usize) -> PathBuf {
     let dir = root.join("images").join(key);

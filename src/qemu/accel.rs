@@ -46,7 +46,7 @@ pub fn resolve(choice: AccelChoice, probe_kernel: Option<&Path>) -> AccelDecisio
     let host = Host {
         kvm_dev: PathBuf::from("/dev/kvm"),
         qemu: qemu_binary(),
-        cache_file: cache_dir().map(|d| d.join(PROBE_CACHE_FILE)),
+        cache_file: Some(crate::cache::root().join(PROBE_CACHE_FILE)),
         boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
@@ -54,19 +54,6 @@ pub fn resolve(choice: AccelChoice, probe_kernel: Option<&Path>) -> AccelDecisio
         probe_timeout: PROBE_TIMEOUT,
     };
     host.resolve(choice, probe_kernel)
-}
-
-/// castra's per-user cache directory: `$CASTRA_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/castra`, else `~/.cache/castra`.
-pub fn cache_dir() -> Option<PathBuf> {
-    cache_dir_from(|k| std::env::var_os(k))
-}
-
-fn cache_dir_from(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
-    let env = |k: &str| get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    env("CASTRA_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("castra")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/castra")))
 }
 
 /// Everything about the host the decision depends on (injectable for tests).
@@ -209,10 +196,7 @@ impl Host {
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let tmp = file.with_extension(format!("json.tmp{}", std::process::id()));
-        if std::fs::write(&tmp, json + "\n").is_ok() && std::fs::rename(&tmp, file).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::fsutil::write_atomic(file, (json + "\n").as_bytes());
     }
 }
 
@@ -522,33 +506,5 @@ mod tests {
         assert_eq!(rebooted.accel, Accel::Tcg);
         assert!(!rebooted.reason.contains("earlier"), "{}", rebooted.reason);
         assert!(start.elapsed() >= Duration::from_millis(1500));
-    }
-
-    #[test]
-    fn cache_dir_prefers_castra_then_xdg_then_home() {
-        let from = |vars: &[(&str, &str)]| {
-            let vars: Vec<(String, String)> = vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            cache_dir_from(move |k| {
-                vars.iter()
-                    .find(|(name, _)| name == k)
-                    .map(|(_, v)| v.into())
-            })
-        };
-        let all = [
-            ("CASTRA_CACHE_DIR", "/c"),
-            ("XDG_CACHE_HOME", "/x"),
-            ("HOME", "/h"),
-        ];
-        assert_eq!(from(&all), Some(PathBuf::from("/c")));
-        assert_eq!(from(&all[1..]), Some(PathBuf::from("/x/castra")));
-        assert_eq!(from(&all[2..]), Some(PathBuf::from("/h/.cache/castra")));
-        assert_eq!(
-            from(&[("CASTRA_CACHE_DIR", ""), ("HOME", "/h")]),
-            Some(PathBuf::from("/h/.cache/castra"))
-        );
-        assert_eq!(from(&[]), None);
     }
 }

@@ -26,6 +26,7 @@ use super::overlay::{must_exist, overlay_over};
 use super::plan::{Plan, Step};
 use super::record::{self, LaunchRecord};
 use super::secret;
+use super::step_error::StepError;
 
 pub use crate::qemu::fw_cfg::TOKEN_FW_CFG;
 
@@ -109,10 +110,10 @@ impl<'a> Executor<'a> {
         let vm = step.vm();
         let seen = observed.get(vm);
         let want = desired.iter().find(|d| d.spec.name == vm);
-        let result: Result<String, String> = match step {
+        let result: Result<String, StepError> = match step {
             Step::Stop { .. } => self.stop(vm, seen).map(|o| stage_detail(&o)),
             Step::Start { .. } => match want {
-                None => Err("not in castra.toml".into()),
+                None => Err(StepError::NotDeclared),
                 Some(want) => {
                     let previous = seen.and_then(|s| s.record.as_ref()).map(|r| &r.spec.image);
                     self.start(want, previous, Launch::Fresh)
@@ -120,13 +121,13 @@ impl<'a> Executor<'a> {
                 }
             },
             Step::Restart { .. } => match want {
-                None => Err("not in castra.toml".into()),
+                None => Err(StepError::NotDeclared),
                 Some(want) => self.restart(want, seen),
             },
         };
         let (ok, detail) = match result {
             Ok(d) => (true, d),
-            Err(e) => (false, e),
+            Err(e) => (false, e.to_string()),
         };
         StepResult {
             vm: vm.to_owned(),
@@ -139,7 +140,7 @@ impl<'a> Executor<'a> {
 
     /// Stop the VM, start it on its new spec; if that fails, start it again
     /// on the spec it ran (from its launch record) and say `rolled back`.
-    fn restart(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<String, String> {
+    fn restart(&self, want: &DesiredVm, seen: Option<&ObservedVm>) -> Result<String, StepError> {
         let vm = want.spec.name.as_str();
         let record = seen.and_then(|s| s.record.clone());
         self.stop(vm, seen)?;
@@ -160,16 +161,19 @@ impl<'a> Executor<'a> {
             Ok(pid) => {
                 self.reporter.emit(Event::VmRolledBack {
                     vm: vm.into(),
-                    error: error.clone(),
+                    error: error.to_string(),
                     pid,
                 });
-                Err(format!(
-                    "rolled back: the new spec failed to start ({error}); {vm} runs its previous spec again (pid {pid})"
-                ))
+                Err(StepError::RolledBack {
+                    vm: vm.into(),
+                    error: Box::new(error),
+                    pid,
+                })
             }
-            Err(again) => Err(format!(
-                "{error}; rolling back to the previous spec failed too: {again}"
-            )),
+            Err(again) => Err(StepError::RollbackFailed {
+                error: Box::new(error),
+                again: Box::new(again),
+            }),
         }
     }
 
@@ -180,7 +184,7 @@ impl<'a> Executor<'a> {
         want: &DesiredVm,
         previous: Option<&ImageSpec>,
         launch: Launch,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, StepError> {
         let t0 = Instant::now();
         let spec = &want.spec;
         let vm = spec.name.as_str();
@@ -190,7 +194,7 @@ impl<'a> Executor<'a> {
         if let Err(error) = &res {
             self.reporter.emit(Event::VmStartFailed {
                 vm: vm.into(),
-                error: error.clone(),
+                error: error.to_string(),
             });
         }
         res
@@ -203,7 +207,7 @@ impl<'a> Executor<'a> {
         launch: Launch,
         paths: &VmPaths,
         t0: Instant,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, StepError> {
         let spec = &want.spec;
         let vm = spec.name.as_str();
         create_private_dir(&paths.dir)?;
@@ -246,15 +250,24 @@ impl<'a> Executor<'a> {
                 &port,
             ),
         ] {
-            crate::fsutil::write_atomic(&file, text.as_bytes())
-                .map_err(|e| format!("vm {vm:?}: cannot write {}: {e}", file.display()))?;
+            crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|source| {
+                StepError::Write {
+                    vm: vm.into(),
+                    path: file.clone(),
+                    source,
+                }
+            })?;
             fw_cfg.push((name.to_string(), file));
         }
         if !spec.shares.is_empty() {
             check_shares(vm, &spec.shares)?;
             let table = crate::config::share_table::render(&spec.shares);
-            crate::fsutil::write_atomic(&paths.shares(), table.as_bytes()).map_err(|e| {
-                format!("vm {vm:?}: cannot write {}: {e}", paths.shares().display())
+            crate::fsutil::write_atomic(&paths.shares(), table.as_bytes()).map_err(|source| {
+                StepError::Write {
+                    vm: vm.into(),
+                    path: paths.shares(),
+                    source,
+                }
             })?;
             fw_cfg.push((
                 crate::config::share_table::FW_CFG_NAME.to_string(),
@@ -274,7 +287,7 @@ impl<'a> Executor<'a> {
         if broken {
             args.push("-castra-test-break-restart".into());
         }
-        let identity = process::launch(&qemu_binary(), &args, paths).map_err(|e| e.to_string())?;
+        let identity = process::launch(&qemu_binary(), &args, paths)?;
         let rec = LaunchRecord {
             spec: spec.clone(),
             image_id: want.image_id.clone(),
@@ -289,7 +302,7 @@ impl<'a> Executor<'a> {
                 .chain(args.iter().cloned())
                 .collect(),
         };
-        record::write(&paths.launch_record(), &rec).map_err(|e| e.to_string())?;
+        record::write(&paths.launch_record(), &rec)?;
         wait_running(vm, &paths.qmp_socket(), RUNNING_TIMEOUT, paths)?;
         self.reporter.emit(Event::VmRunning {
             vm: vm.into(),
@@ -307,10 +320,10 @@ impl<'a> Executor<'a> {
         image: &ImageSpec,
         previous: Option<&ImageSpec>,
         paths: &VmPaths,
-    ) -> Result<(BootImage, Option<PathBuf>), String> {
+    ) -> Result<(BootImage, Option<PathBuf>), StepError> {
         match image {
             ImageSpec::Default => {
-                let img = image::locate().map_err(|e| e.to_string())?;
+                let img = image::locate()?;
                 let probe = Some(img.kernel.clone());
                 Ok((
                     BootImage::Kernel {
@@ -395,6 +408,7 @@ impl<'a> Executor<'a> {
                 (true, format!("pid {pid}"))
             }
             Err(error) => {
+                let error = StepError::from(error).to_string();
                 self.reporter.emit(Event::BrokerFailed {
                     error: error.clone(),
                 });
@@ -420,7 +434,7 @@ impl<'a> Executor<'a> {
         let (ok, detail) = match result {
             Ok(true) => (true, "stopped".to_string()),
             Ok(false) => (true, "was not running".to_string()),
-            Err(e) => (false, e),
+            Err(e) => (false, StepError::from(e).to_string()),
         };
         StepResult {
             vm: "broker".into(),
@@ -432,7 +446,7 @@ impl<'a> Executor<'a> {
     }
 
     /// Stop one VM with the shutdown ladder and remove its runtime files.
-    pub fn stop(&self, vm: &str, seen: Option<&ObservedVm>) -> Result<ShutdownOutcome, String> {
+    pub fn stop(&self, vm: &str, seen: Option<&ObservedVm>) -> Result<ShutdownOutcome, StepError> {
         let paths = self.layout.vm(vm);
         let marker = paths.qmp_socket();
         let identity = seen
@@ -466,10 +480,10 @@ impl<'a> Executor<'a> {
             }
         };
         if !outcome.exited {
-            let error = "qemu is still running after SIGKILL".to_string();
+            let error = StepError::StillRunning;
             self.reporter.emit(Event::VmStopFailed {
                 vm: vm.into(),
-                error: error.clone(),
+                error: error.to_string(),
             });
             return Err(error);
         }
@@ -522,7 +536,12 @@ fn stage_detail(o: &ShutdownOutcome) -> String {
 }
 
 /// Poll QMP until `query-status` says running.
-fn wait_running(vm: &str, socket: &Path, timeout: Duration, paths: &VmPaths) -> Result<(), String> {
+fn wait_running(
+    vm: &str,
+    socket: &Path,
+    timeout: Duration,
+    paths: &VmPaths,
+) -> Result<(), StepError> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
@@ -536,35 +555,36 @@ fn wait_running(vm: &str, socket: &Path, timeout: Duration, paths: &VmPaths) -> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!(
-        "vm {vm:?}: qemu did not report running within {}s ({last}); see {}",
-        timeout.as_secs(),
-        paths.qemu_log().display()
-    ))
+    Err(StepError::NotRunning {
+        vm: vm.into(),
+        timeout,
+        last,
+        qemu_log: paths.qemu_log(),
+    })
 }
 
 /// Each share's host directory must exist (checked at start, like kernels and disks).
-fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), String> {
+fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), StepError> {
     for s in shares {
         if !s.host.is_dir() {
-            return Err(format!(
-                "vm {vm:?}: share {:?} host directory {} does not exist or is not a directory; fix shares in castra.toml",
-                s.tag,
-                s.host.display()
-            ));
+            return Err(StepError::ShareDir {
+                vm: vm.into(),
+                tag: s.tag.clone(),
+                host: s.host.clone(),
+            });
         }
     }
     Ok(())
 }
 
-fn check_socket_path(vm: &str, socket: &Path) -> Result<(), String> {
+fn check_socket_path(vm: &str, socket: &Path) -> Result<(), StepError> {
     let len = socket.as_os_str().len();
     if len > crate::layout::MAX_SOCKET_PATH {
-        return Err(format!(
-            "vm {vm:?}: QMP socket path {} is {len} bytes, over the {} byte limit of Unix sockets; set a shorter [project] state_dir in castra.toml",
-            socket.display(),
-            crate::layout::MAX_SOCKET_PATH
-        ));
+        return Err(StepError::SocketPath {
+            vm: vm.into(),
+            socket: socket.to_owned(),
+            len,
+        });
     }
     Ok(())
 }

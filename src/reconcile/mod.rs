@@ -18,4 +18,5 @@ pub mod ports;
 pub mod preflight;
 pub mod record;
 pub mod secret;
+pub mod step_error;
 pub mod watch;

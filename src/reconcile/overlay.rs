@@ -10,14 +10,17 @@ use crate::config::ImageSpec;
 use crate::fsutil::remove_if_exists;
 use crate::layout::VmPaths;
 
-pub(super) fn must_exist(vm: &str, key: &str, path: &Path) -> Result<(), String> {
+use super::step_error::StepError;
+
+pub(super) fn must_exist(vm: &str, key: &'static str, path: &Path) -> Result<(), StepError> {
     if path.exists() {
         Ok(())
     } else {
-        Err(format!(
-            "vm {vm:?}: {key} {} does not exist; fix the path in castra.toml",
-            path.display()
-        ))
+        Err(StepError::Missing {
+            vm: vm.into(),
+            key,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -28,7 +31,7 @@ pub(super) fn overlay_over(
     base: &Path,
     previous: Option<&ImageSpec>,
     paths: &VmPaths,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, StepError> {
     must_exist(vm, "image.disk", base)?;
     let overlay = paths.overlay();
     if previous.is_some_and(|p| disk_base(p) != Some(base)) {
@@ -50,21 +53,20 @@ fn disk_base(image: &ImageSpec) -> Option<&Path> {
     }
 }
 
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {
+fn create_overlay(base: &Path, overlay: &Path) -> Result<(), StepError> {
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(base)
         .arg(overlay)
         .output()
-        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
+        .map_err(StepError::QemuImg)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "qemu-img could not create overlay {} over {}: {}",
-            overlay.display(),
-            base.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(StepError::Overlay {
+            overlay: overlay.to_owned(),
+            base: base.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }

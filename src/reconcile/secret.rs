@@ -3,30 +3,35 @@
 //! the same file (`broker::token`). The token never appears in argv, the
 //! environment or a log.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::write_atomic_private;
 
 /// Bytes of randomness in a token (hex-encoded in the file).
 pub const TOKEN_BYTES: usize = 32;
 
-/// Write a new token to `path` (mode 0600, atomic rename).
-pub fn write_new_token(path: &Path) -> Result<(), String> {
+/// A token that could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot generate a token: {0}")]
+    Random(getrandom::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Write a new token to `path` (mode 0600, atomic: `fsutil::write_atomic_private`).
+pub fn write_new_token(path: &Path) -> Result<(), TokenError> {
     let mut raw = [0u8; TOKEN_BYTES];
-    getrandom::fill(&mut raw).map_err(|e| format!("cannot generate a token: {e}"))?;
+    getrandom::fill(&mut raw).map_err(TokenError::Random)?;
     let token = hex::encode(raw);
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(token.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    write_atomic_private(path, token.as_bytes()).map_err(|source| TokenError::Write {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ impl Guest {
         self.send(&json!({"type": "subscribe", "topic": topic}));
         assert_eq!(
             self.frame(),
-            json!({"type": "ack", "ack": "subscribe", "status": "ok"})
+            json!({"type": "ack", "ack": "subscribe", "status": "ok", "topic": topic})
         );
     }
 

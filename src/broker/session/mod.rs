@@ -330,33 +330,35 @@ fn on_frame(open: &mut Open, frame: ClientFrame, effects: &mut Vec<Effect>) {
                 }
             });
             match verdict {
-                Err(reason) => effects.push(Effect::Send(BrokerFrame::ack_error(
+                Err(reason) => effects.push(Effect::Send(BrokerFrame::ack_topic(
                     AckKind::Subscribe,
-                    reason,
-                    None,
+                    &topic,
+                    Some(reason),
                 ))),
                 Ok(()) => {
+                    let ack = BrokerFrame::ack_topic(AckKind::Subscribe, &topic, None);
                     if open.subscriptions.insert(topic.clone()) {
                         effects.push(Effect::Subscribe(topic));
                         effects.push(subscriptions(open));
                     }
-                    effects.push(Effect::Send(BrokerFrame::ack_ok(AckKind::Subscribe)));
+                    effects.push(Effect::Send(ack));
                 }
             }
         }
         ClientFrame::Unsubscribe { topic } => match topic::check(&topic) {
-            Err(reason) => effects.push(Effect::Send(BrokerFrame::ack_error(
+            Err(reason) => effects.push(Effect::Send(BrokerFrame::ack_topic(
                 AckKind::Unsubscribe,
-                reason,
-                None,
+                &topic,
+                Some(reason),
             ))),
             Ok(()) => {
+                let ack = BrokerFrame::ack_topic(AckKind::Unsubscribe, &topic, None);
                 // Unsubscribing from a topic not subscribed is a no-op, acked ok.
                 if open.subscriptions.remove(&topic) {
                     effects.push(Effect::Unsubscribe(topic));
                     effects.push(subscriptions(open));
                 }
-                effects.push(Effect::Send(BrokerFrame::ack_ok(AckKind::Unsubscribe)));
+                effects.push(Effect::Send(ack));
             }
         },
         ClientFrame::Ack { seq } => {

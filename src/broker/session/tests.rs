@@ -124,7 +124,7 @@ fn the_unacked_window_pauses_delivery_until_acks_come() {
         > @1 frame {"type":"subscribe","topic":"jobs"}
         < hub subscribe "jobs"
         < record Subscriptions { vm: "web", session: "s1", count: 1 }
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"jobs"}
         > @2 deliver seq=5
         < deliver seq=5 {"type":"message","seq":5,"topic":"jobs","from":"host","ts_ms":1005,"payload":5}
         > @3 deliver seq=6
@@ -170,9 +170,9 @@ fn a_host_session_subscribes_to_any_topic_and_publishes_as_the_host() {
         > @1 frame {"type":"subscribe","topic":"vm:web"}
         < hub subscribe "vm:web"
         < record Subscriptions { vm: "host", session: "s1", count: 1 }
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"vm:web"}
         > @2 frame {"type":"subscribe","topic":""}
-        < send {"type":"ack","ack":"subscribe","status":"error","reason":"invalid_topic"}
+        < send {"type":"ack","ack":"subscribe","status":"error","topic":"","reason":"invalid_topic"}
         > @3 frame {"type":"publish","topic":"vm:db","payload":{"job":1}}
         < publish topic="vm:db" payload={"job":1} id=None
         > @4 committed id=None Ok(12)
@@ -321,23 +321,23 @@ fn subscriptions_are_owned_and_cleared_on_every_close() {
         > @1 frame {"type":"subscribe","topic":"broadcast"}
         < hub subscribe "broadcast"
         < record Subscriptions { vm: "web", session: "s1", count: 1 }
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"broadcast"}
         > @2 frame {"type":"subscribe","topic":"broadcast"}
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"broadcast"}
         > @3 frame {"type":"subscribe","topic":"vm:web"}
         < hub subscribe "vm:web"
         < record Subscriptions { vm: "web", session: "s1", count: 2 }
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"vm:web"}
         > @4 frame {"type":"subscribe","topic":"vm:db"}
-        < send {"type":"ack","ack":"subscribe","status":"error","reason":"forbidden_topic"}
+        < send {"type":"ack","ack":"subscribe","status":"error","topic":"vm:db","reason":"forbidden_topic"}
         > @5 frame {"type":"subscribe","topic":"bad\ttopic"}
-        < send {"type":"ack","ack":"subscribe","status":"error","reason":"invalid_topic"}
+        < send {"type":"ack","ack":"subscribe","status":"error","topic":"bad\ttopic","reason":"invalid_topic"}
         > @6 frame {"type":"unsubscribe","topic":"never"}
-        < send {"type":"ack","ack":"unsubscribe","status":"ok"}
+        < send {"type":"ack","ack":"unsubscribe","status":"ok","topic":"never"}
         > @7 frame {"type":"unsubscribe","topic":"broadcast"}
         < hub unsubscribe "broadcast"
         < record Subscriptions { vm: "web", session: "s1", count: 1 }
-        < send {"type":"ack","ack":"unsubscribe","status":"ok"}
+        < send {"type":"ack","ack":"unsubscribe","status":"ok","topic":"broadcast"}
         > @8 frame {"type":"ack","seq":7}
         > @9 frame {"type":"ack","seq":3}
         > @20000 tick
@@ -356,7 +356,7 @@ fn subscriptions_are_owned_and_cleared_on_every_close() {
         > @1 frame {"type":"subscribe","topic":"jobs"}
         < hub subscribe "jobs"
         < record Subscriptions { vm: "web", session: "s1", count: 1 }
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"jobs"}
         > @2 evict slow_consumer
         < send {"type":"bye","reason":"slow_consumer"}
         < hub unsubscribe "jobs"
@@ -371,7 +371,7 @@ fn subscriptions_are_owned_and_cleared_on_every_close() {
         > @1 frame {"type":"subscribe","topic":"jobs"}
         < hub subscribe "jobs"
         < record Subscriptions { vm: "web", session: "s1", count: 1 }
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"jobs"}
         > @2 peer-gone peer_closed
         < hub unsubscribe "jobs"
         < record Subscriptions { vm: "web", session: "s1", count: 0 }
@@ -397,11 +397,11 @@ fn subscription_cap() {
     let out = transcript(cfg(), steps);
     let lines: Vec<&str> = out.lines().collect();
     insta::assert_snapshot!(lines[lines.len() - 6..].join("\n"), @r#"
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"t63"}
         > @1 frame {"type":"subscribe","topic":"t64"}
-        < send {"type":"ack","ack":"subscribe","status":"error","reason":"too_many_subscriptions"}
+        < send {"type":"ack","ack":"subscribe","status":"error","topic":"t64","reason":"too_many_subscriptions"}
         > @2 frame {"type":"subscribe","topic":"t0"}
-        < send {"type":"ack","ack":"subscribe","status":"ok"}
+        < send {"type":"ack","ack":"subscribe","status":"ok","topic":"t0"}
         = Open(Open { client: Guest, vm: "web", session: "s1", last_heard_ms: 2, subscriptions: {"t0", "t1", "t10", "t11", "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19", "t2", "t20", "t21", "t22", "t23", "t24", "t25", "t26", "t27", "t28", "t29", "t3", "t30", "t31", "t32", "t33", "t34", "t35", "t36", "t37", "t38", "t39", "t4", "t40", "t41", "t42", "t43", "t44", "t45", "t46", "t47", "t48", "t49", "t5", "t50", "t51", "t52", "t53", "t54", "t55", "t56", "t57", "t58", "t59", "t6", "t60", "t61", "t62", "t63", "t7", "t8", "t9"}, acked_seq: None, unacked: [] }) terminal=false deadline=Some(15002)
         "#);
 }
