@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::exec::is_tty;
+use super::drive::is_tty;
 use super::stream::{self, EXIT_CASTRA, Opened};
 use crate::broker::hello::valid_vm_name;
 use crate::broker::stream::wire::{Channel, Control};

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod bus;
 mod clean;
 mod cp;
+mod drive;
 mod exec;
 pub mod exit;
 pub mod image;
@@ -105,11 +106,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
-}
-
-/// Parse a duration flag (`30s`, `5m`).
-pub(crate) fn apply_parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(s)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

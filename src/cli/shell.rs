@@ -13,7 +13,7 @@ use anyhow::Result;
 use nix::sys::signal::Signal;
 use nix::sys::termios::{self, SetArg, Termios};
 
-use super::exec::{Direct, Stdin, drive, is_tty};
+use super::drive::{Direct, Stdin, drive, is_tty};
 use super::stream::{self, EXIT_CASTRA};
 use crate::broker::stream::wire::Control;
 use crate::config::Project;

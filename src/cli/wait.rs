@@ -29,7 +29,7 @@ pub struct WaitArgs {
     #[arg(long = "for", value_enum, default_value = "reachable")]
     what: For,
     /// Give up after DUR (exit 1).
-    #[arg(long, default_value = "5m", value_parser = super::apply_parse_duration, value_name = "DUR")]
+    #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration, value_name = "DUR")]
     timeout: Duration,
 }
 

@@ -7,7 +7,10 @@
 //! chunks: constant memory whatever the size. No sockets here: frames go
 //! through the `emit` callback given by the caller.
 
+mod describe;
 mod recv;
+
+pub use describe::describe;
 
 pub use recv::Receiver;
 
@@ -35,17 +38,6 @@ pub fn total_bytes(src: &Path) -> u64 {
         Ok(m) if m.is_file() => m.len(),
         _ => 0,
     }
-}
-
-/// A clear message for a file system error on `path`.
-pub fn describe(path: &Path, e: &io::Error) -> String {
-    let what = match e.kind() {
-        io::ErrorKind::NotFound => "no such file or directory".to_owned(),
-        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        io::ErrorKind::StorageFull => "no space left on device".to_owned(),
-        _ => e.to_string(),
-    };
-    format!("{}: {what}", path.display())
 }
 
 /// Send `src` (a file, symlink or, with `recursive`, a directory tree) on

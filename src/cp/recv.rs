@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::describe;
+use super::describe::describe;
 use crate::broker::stream::wire::{Control, Entry, EntryKind};
 
 #[derive(Debug)]

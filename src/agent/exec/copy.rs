@@ -6,7 +6,7 @@
 use std::io;
 use std::path::Path;
 
-use super::Stream;
+use super::stream::Stream;
 use crate::broker::stream::wire::{Channel, Control};
 use crate::cp::{self, Receiver};
 

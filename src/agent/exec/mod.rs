@@ -10,6 +10,9 @@
 mod copy;
 mod process;
 mod pty;
+mod stream;
+
+pub(crate) use stream::Stream;
 
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -17,15 +20,8 @@ use std::time::Duration;
 
 use super::client::{Target, read_line};
 use crate::broker::hello::GREETING_PREFIX;
-use crate::broker::stream::blocking::{self, Prefixed, Reader, Shared};
+use crate::broker::stream::blocking::{self, Shared};
 use crate::broker::stream::wire::{self, CAP_STREAM_V1, Channel, Control};
-
-/// The host side of one stream, as the request handlers use it.
-pub(crate) struct Stream {
-    pub(crate) reader: Reader<Prefixed<TcpStream>>,
-    pub(crate) writer: Shared<TcpStream>,
-    pub(crate) socket: TcpStream,
-}
 
 /// Serve stream `id` on a thread of its own (returns at once).
 pub fn open(target: &Target, id: &str) {
@@ -96,7 +92,11 @@ fn serve(target: &Target, id: &str) -> io::Result<()> {
                 timeout: timeout_ms.map(Duration::from_millis),
                 tty: tty.then_some((rows.unwrap_or(24), cols.unwrap_or(80))),
             };
-            process::run(spec, &mut stream)
+            if spec.tty.is_some() {
+                pty::run(spec, &mut stream)
+            } else {
+                process::run(spec, &mut stream)
+            }
         }
         Some(Control::Put { path }) => copy::put(&path, &mut stream),
         Some(Control::Get { path, recursive }) => copy::get(&path, recursive, &mut stream),

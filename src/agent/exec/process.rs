@@ -20,7 +20,7 @@ use std::time::Duration;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, killpg, pthread_sigmask, signal};
 use nix::unistd::Pid;
 
-use super::Stream;
+use super::stream::Stream;
 use crate::broker::stream::wire::{Channel, Control};
 
 /// Exit code after `--timeout` killed the command (as `timeout(1)`).
@@ -138,11 +138,8 @@ pub(crate) fn arm_timeout(timeout: Option<Duration>, pgid: Pid, flags: &Arc<Flag
         });
 }
 
-/// Run a command on pipes (or a PTY when `spec.tty`).
+/// Run a command on pipes (`pty.rs` runs it when `spec.tty`).
 pub(crate) fn run(spec: Spec, stream: &mut Stream) -> io::Result<()> {
-    if spec.tty.is_some() {
-        return super::pty::run(spec, stream);
-    }
     let mut cmd = match command(&spec) {
         Ok(c) => c,
         Err(e) => return stream.writer.control(&e),

@@ -15,8 +15,8 @@ use nix::libc;
 use nix::pty::{Winsize, openpty};
 use nix::unistd::Pid;
 
-use super::Stream;
 use super::process::{self, Flags, Spec};
+use super::stream::Stream;
 use crate::broker::stream::wire::{Channel, Control};
 
 fn winsize((rows, cols): (u16, u16)) -> Winsize {
