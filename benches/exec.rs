@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use castra::broker::frame::{BrokerFrame, ClientFrame};
 use castra::broker::host_client::HostSession;
+use castra::broker::wire::frame::{BrokerFrame, ClientFrame};
 
 const PORT: u16 = 7793;
 

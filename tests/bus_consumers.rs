@@ -11,9 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use castra::broker::buslog::read_records;
-use castra::broker::frame::{BrokerFrame, ClientFrame};
 use castra::broker::host_client::{HostSession, SessionError};
-use castra::broker::reason::Reason;
+use castra::broker::wire::frame::{BrokerFrame, ClientFrame};
+use castra::broker::wire::reason::Reason;
 use common::broker::{Broker, Guest, cli, state_root};
 use common::{KillOnDrop, free_port, signal};
 use nix::sys::signal::Signal;

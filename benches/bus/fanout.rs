@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Instant;
 
 use ::castra::broker::hub::{Delivery, Frame, Hub, HubConfig, HubMsg};
-use ::castra::broker::reason::Reason;
+use ::castra::broker::wire::reason::Reason;
 
 /// Deliveries per second through the hub to 4 drained subscriber queues,
 /// and through plain `try_send` to 4 queues (the baseline).

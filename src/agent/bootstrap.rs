@@ -16,7 +16,7 @@ use super::bus::BusClient;
 use super::client::Target;
 use crate::bootstrap::runner::{self, Limits};
 use crate::bootstrap::wire::{self, Report, Request, RunStatus};
-use crate::broker::frame::{AckKind, AckStatus, BrokerFrame, ClientFrame};
+use crate::broker::wire::frame::{AckKind, AckStatus, BrokerFrame, ClientFrame};
 
 /// Run ids remembered (a resent request is not run twice).
 const REMEMBERED: usize = 64;

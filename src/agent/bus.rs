@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::client::{Ended, Target, handshake};
 use crate::broker::consumer::{Format, print_message};
-use crate::broker::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame};
 use crate::broker::frame_reader::FrameReader;
+use crate::broker::wire::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame};
 
 /// How long publish waits for its ack.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);

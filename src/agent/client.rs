@@ -9,11 +9,11 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::broker::frame::{self, AckKind, BrokerFrame, ClientFrame};
 use crate::broker::frame_reader::FrameReader;
-use crate::broker::hello::{GREETING_PREFIX, Hello, MAX_HELLO_LINE, Reply};
-use crate::broker::line::{LinePush, LineReader};
-use crate::broker::reason::Reason;
+use crate::broker::wire::frame::{self, AckKind, BrokerFrame, ClientFrame};
+use crate::broker::wire::hello::{GREETING_PREFIX, Hello, MAX_HELLO_LINE, Reply};
+use crate::broker::wire::line::{LinePush, LineReader};
+use crate::broker::wire::reason::Reason;
 
 /// The topic the agent announces each new session on.
 pub const AGENT_TOPIC: &str = "castra.agent";

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::broker::hello::{CAP_BUS_V1, Hello, valid_vm_name};
 use crate::broker::session::HEARTBEAT_INTERVAL_MS;
+use crate::broker::wire::hello::{CAP_BUS_V1, Hello, valid_vm_name};
 use backoff::Backoff;
 use client::{Ended, Target};
 
@@ -217,7 +217,8 @@ pub fn bus_command(subscribe: bool, args: &[String]) -> Result<BusCommand, Strin
         return Err("publish takes one --topic".into());
     }
     if !subscribe && cmd.topics.is_empty() {
-        cmd.topics.push(crate::broker::topic::BROADCAST.to_owned());
+        cmd.topics
+            .push(crate::broker::wire::topic::BROADCAST.to_owned());
     }
     Ok(cmd)
 }

@@ -22,7 +22,7 @@ use super::record::{self, BootstrapRecord, RunState};
 use super::redact::{redact, secret_values};
 use super::wire::{self, Report, Request, RunStatus};
 use crate::broker::buslog::follow::Follower;
-use crate::broker::frame::DEFAULT_FRAME_LIMIT;
+use crate::broker::wire::frame::DEFAULT_FRAME_LIMIT;
 use crate::broker::{host_client, read_snapshot};
 use crate::config::{BootstrapKind, BootstrapSpec, Project};
 use crate::events::{Event, Reporter, fmt_ms, now_ms};

@@ -11,8 +11,8 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use super::frame::{BrokerFrame, ClientFrame};
 use super::stamp::utc;
+use super::wire::frame::{BrokerFrame, ClientFrame};
 
 /// How a consumer prints a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,8 +70,8 @@ pub fn print_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::frame::AckKind;
-    use crate::broker::reason::Reason;
+    use crate::broker::wire::frame::AckKind;
+    use crate::broker::wire::reason::Reason;
     use serde_json::json;
     use std::os::unix::net::UnixStream;
 

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 
 use super::buslog::{self, Append};
-use super::frame;
 use super::hub::{HubConfig, HubMsg};
 use super::recorder::RecorderHandle;
 use super::session::SessionConfig;
 use super::stamp::log;
 use super::token::{TokenLookup, read_token_file};
+use super::wire::frame;
 use crate::layout::StateLayout;
 
 /// Default cap on simultaneous connections (guest port).

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::reason::Reason;
 use super::session::{Action, Record};
 use super::stamp::utc;
+use super::wire::reason::Reason;
 
 /// One broker event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

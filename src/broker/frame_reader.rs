@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::frame::{self, BrokerFrame, Decoder};
+use super::wire::frame::{self, BrokerFrame, Decoder};
 
 /// A blocking stream whose reads can be bounded in time.
 pub trait TimedRead: Read {
@@ -98,7 +98,7 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::frame::AckKind;
+    use crate::broker::wire::frame::AckKind;
     use std::io::Write;
 
     #[test]

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame};
 use super::frame_reader::FrameReader;
 use super::host_socket::SESSION_REQUEST;
-use super::reason::Reason;
+use super::wire::frame::{self, AckKind, AckStatus, BrokerFrame, ClientFrame};
+use super::wire::reason::Reason;
 
 /// How long to wait for the ack (the broker itself gives up after 30 s).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(35);
@@ -166,7 +166,7 @@ impl HostSession {
         // Read the reply line byte by byte: frames may follow it at once.
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
-        while line.len() < super::hello::MAX_HELLO_LINE {
+        while line.len() < super::wire::hello::MAX_HELLO_LINE {
             match stream.read(&mut byte) {
                 Ok(0) => break,
                 Ok(_) if byte[0] == b'\n' => break,

@@ -18,12 +18,12 @@ use serde_json::Value;
 use super::buslog::Append;
 use super::conn;
 use super::context::{ConnGuard, Ctx, HOST_PUBLISH_TIMEOUT};
-use super::frame::{AckKind, BrokerFrame, ClientFrame};
-use super::hello::Reply;
-use super::line::{LinePush, LineReader};
-use super::reason::Reason;
 use super::session::Record;
 use super::stamp::log;
+use super::wire::frame::{AckKind, BrokerFrame, ClientFrame};
+use super::wire::hello::Reply;
+use super::wire::line::{LinePush, LineReader};
+use super::wire::reason::Reason;
 
 pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
     loop {
@@ -131,7 +131,7 @@ async fn host_publish(ctx: &Ctx, body: &str) -> BrokerFrame {
     if body.len() > ctx.opts.frame_limit as usize {
         return BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, id);
     }
-    if let Err(reason) = super::topic::check(&topic) {
+    if let Err(reason) = super::wire::topic::check(&topic) {
         return BrokerFrame::ack_error(AckKind::Publish, reason, id);
     }
     let (tx, rx) = smol::channel::bounded(1);

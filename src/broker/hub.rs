@@ -26,9 +26,9 @@ use futures_lite::FutureExt;
 use smol::Timer;
 use smol::channel::{Receiver, Sender, TrySendError};
 
-use super::reason::Reason;
 use super::recorder::RecorderHandle;
 use super::session::{Action, Record};
+use super::wire::reason::Reason;
 
 /// Default capacity of a session's outbound queue, in frames.
 pub const DEFAULT_QUEUE_FRAMES: usize = 1024;

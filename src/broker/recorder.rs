@@ -23,10 +23,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::events::Event;
-use super::reason::Reason;
 use super::session::Record;
 use super::stamp::{log, unix_ms};
 use super::state::BrokerSnapshot;
+use super::wire::reason::Reason;
 use crate::layout::StateLayout;
 
 /// state.json is rewritten at most this often (changes in between coalesce).

@@ -25,13 +25,13 @@ use super::buslog::{self};
 use super::conn;
 use super::context::{BrokerOptions, ConnGuard, Ctx, SHUTDOWN_GRACE};
 use super::events::Event;
-use super::hello::{GREETING, Reply};
 use super::host_socket;
 use super::hub::{self, Hub, HubMsg};
-use super::reason::Reason;
 use super::recorder::Recorder;
 use super::stamp::{log, unix_ms};
 use super::state::{BrokerSnapshot, read_snapshot};
+use super::wire::hello::{GREETING, Reply};
+use super::wire::reason::Reason;
 use crate::layout::{MAX_SOCKET_PATH, StateLayout};
 
 /// Why the broker could not start.

@@ -20,8 +20,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::reason::Reason;
 use super::session::{Action, HEARTBEAT_INTERVAL_MS, HOST, Record};
+use super::wire::reason::Reason;
 
 /// Format version of state.json.
 pub const STATE_VERSION: u32 = 1;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use crate::broker::wire::frame;
 use crate::broker::{self, BrokerOptions};
-use crate::broker::{buslog, context, frame, hub, session};
+use crate::broker::{buslog, context, hub, session};
 use crate::config::DEFAULT_BROKER_PORT;
 
 #[derive(clap::Args, Debug)]

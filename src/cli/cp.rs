@@ -15,8 +15,8 @@ use anyhow::Result;
 
 use super::drive::is_tty;
 use super::stream::{self, EXIT_CASTRA, Opened};
-use crate::broker::hello::valid_vm_name;
 use crate::broker::stream::wire::{Channel, Control};
+use crate::broker::wire::hello::valid_vm_name;
 use crate::config::Project;
 use crate::cp::{self, Receiver};
 

@@ -1,6 +1,6 @@
 //! What a file refers to: every path in its `use` trees (groups expanded) and every
 //! inline `a::b::c` path in its non-test code, and where an internal one lands: the file
-//! of the longest module prefix (`crate::broker::frame::Ack` -> `src/broker/frame.rs`).
+//! of the longest module prefix (`crate::broker::wire::frame::Ack` -> `src/broker/frame.rs`).
 
 use crate::tree::{File, Tree};
 

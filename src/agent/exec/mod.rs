@@ -19,9 +19,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use super::client::{Target, read_line};
-use crate::broker::hello::GREETING_PREFIX;
 use crate::broker::stream::blocking::{self, Shared};
 use crate::broker::stream::wire::{self, CAP_STREAM_V1, Channel, Control};
+use crate::broker::wire::hello::GREETING_PREFIX;
 
 /// Serve stream `id` on a thread of its own (returns at once).
 pub fn open(target: &Target, id: &str) {

@@ -125,7 +125,7 @@ impl BusLog {
 mod tests {
     use super::writer::rotate;
     use super::*;
-    use crate::broker::reason::Reason;
+    use crate::broker::wire::reason::Reason;
     use serde_json::json;
     use std::fs::OpenOptions;
     use std::io::Write;

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::broker::frame::{self, BrokerFrame};
-use crate::broker::reason::Reason;
+use crate::broker::wire::frame::{self, BrokerFrame};
+use crate::broker::wire::reason::Reason;
 
 /// Publisher name of host publishes (`from` is `host`, the file `host.log`).
-pub use crate::broker::hello::HOST;
+pub use crate::broker::wire::hello::HOST;
 /// Most publishes committed by one sync.
 pub const MAX_BATCH: usize = 1024;
 /// Publishes waiting for the writer; senders wait beyond this (back-pressure

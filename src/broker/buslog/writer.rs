@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, Checkpoint};
 use super::record::{Append, Committed, HOST, LogRecord, MAX_BATCH, Rotation, rotated_path};
-use crate::broker::reason::Reason;
 use crate::broker::stamp::{log, unix_ms};
+use crate::broker::wire::reason::Reason;
 use crate::layout::StateLayout;
 
 /// Longest time a publisher's log holds lines that are not yet synced (they

@@ -27,13 +27,13 @@ use serde_json::Value;
 
 use super::buslog::Append;
 use super::context::{Ctx, FINAL_GRACE, WRITE_TIMEOUT};
-use super::frame::{self, ClientFrame, Decoder};
-use super::hello::{GREETING, MAX_HELLO_LINE};
 use super::hub::{Delivery, Frame, HubMsg};
-use super::line::{LinePush, LineReader};
-use super::reason::Reason;
 use super::session::{Effect, Input, Session, State};
 use super::stamp::unix_ms;
+use super::wire::frame::{self, ClientFrame, Decoder};
+use super::wire::hello::{GREETING, MAX_HELLO_LINE};
+use super::wire::line::{LinePush, LineReader};
+use super::wire::reason::Reason;
 
 mod outbound;
 mod socket;
@@ -274,7 +274,7 @@ impl<S: Stream> Conn<S> {
                         if super::stream::wire::hello_stream(&line).is_some() {
                             return Hello::Stream(line, after);
                         }
-                        if let Ok(h) = super::hello::parse(&line) {
+                        if let Ok(h) = super::wire::hello::parse(&line) {
                             self.caps = h.capabilities;
                         }
                         rest = after;

@@ -37,11 +37,11 @@
 
 mod types;
 
-use crate::broker::frame::{AckKind, BrokerFrame, ClientFrame};
-use crate::broker::hello::{self, Reply};
-use crate::broker::reason::Reason;
 use crate::broker::token::{TokenLookup, tokens_match};
-use crate::broker::topic;
+use crate::broker::wire::frame::{AckKind, BrokerFrame, ClientFrame};
+use crate::broker::wire::hello::{self, Reply};
+use crate::broker::wire::reason::Reason;
+use crate::broker::wire::topic;
 
 pub use types::{
     Action, Client, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_UNACKED_WINDOW,
@@ -226,7 +226,7 @@ impl Session {
         let record = Record::Granted {
             vm: HOST.to_owned(),
             session: Some(self.id.clone()),
-            capabilities: vec![super::hello::CAP_BUS_V1.to_owned()],
+            capabilities: vec![super::wire::hello::CAP_BUS_V1.to_owned()],
         };
         (
             State::Open(Open::new(

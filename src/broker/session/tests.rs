@@ -3,7 +3,7 @@
 //! final state.
 
 use super::*;
-use crate::broker::frame::{BrokerFrame, ClientFrame};
+use crate::broker::wire::frame::{BrokerFrame, ClientFrame};
 use serde_json::json;
 
 fn registry(vm: &str) -> TokenLookup {
@@ -85,7 +85,7 @@ fn cfg() -> SessionConfig {
 
 /// A delivery of message `seq` on `topic` (what the hub hands a session).
 fn deliver(seq: u64, topic: &str) -> Input<'static> {
-    let frame = crate::broker::frame::encode(&BrokerFrame::Message {
+    let frame = crate::broker::wire::frame::encode(&BrokerFrame::Message {
         seq,
         topic: topic.into(),
         from: "host".into(),
@@ -387,7 +387,7 @@ fn subscription_cap() {
         0,
         Input::Line(&b"hello vm:web capabilities=bus-v1 token=s3cret"[..]),
     )];
-    let topics: Vec<String> = (0..=crate::broker::topic::MAX_SUBSCRIPTIONS)
+    let topics: Vec<String> = (0..=crate::broker::wire::topic::MAX_SUBSCRIPTIONS)
         .map(|i| format!("t{i}"))
         .collect();
     for t in &topics {

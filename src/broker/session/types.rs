@@ -9,10 +9,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::broker::frame::{BrokerFrame, ClientFrame};
-use crate::broker::hello::Reply;
-use crate::broker::reason::Reason;
 use crate::broker::token::TokenLookup;
+use crate::broker::wire::frame::{BrokerFrame, ClientFrame};
+use crate::broker::wire::hello::Reply;
+use crate::broker::wire::reason::Reason;
 
 /// Default time a client has to send its hello.
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
@@ -23,7 +23,7 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = 3 * HEARTBEAT_INTERVAL_MS;
 /// Default number of messages a session may hold delivered but not acked.
 pub const DEFAULT_UNACKED_WINDOW: u32 = 128;
 /// The name host sessions are recorded under (a reserved VM name, as in the bus log).
-pub use crate::broker::hello::HOST;
+pub use crate::broker::wire::hello::HOST;
 
 /// Timeouts and policy of every session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,10 +25,10 @@ use smol::Timer;
 
 use super::context::Ctx;
 use super::events::Event;
-use super::frame;
-use super::hello;
 use super::stamp::log;
 use super::token::{TokenLookup, tokens_match};
+use super::wire::frame;
+use super::wire::hello;
 use wire::{Refusal, StreamOpen, StreamRequest};
 
 /// How long the agent has to connect a stream it was asked for.

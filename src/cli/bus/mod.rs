@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::broker::frame::DEFAULT_FRAME_LIMIT;
 use crate::broker::host_client;
+use crate::broker::wire::frame::DEFAULT_FRAME_LIMIT;
 use crate::cli::out::outln;
 use crate::config::Project;
 use crate::layout::StateLayout;
@@ -43,7 +43,7 @@ enum BusCommand {
 #[derive(clap::Args, Debug)]
 struct PublishArgs {
     /// Topic: `broadcast`, `vm:<name>` (that VM's subscribers) or any name.
-    #[arg(long, default_value = crate::broker::topic::BROADCAST)]
+    #[arg(long, default_value = crate::broker::wire::topic::BROADCAST)]
     topic: String,
     /// The payload as JSON; `-` or nothing reads it from stdin.
     payload: Option<String>,

@@ -16,9 +16,9 @@ use anyhow::Result;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::broker::consumer::{Format, print_message};
-use crate::broker::frame::ClientFrame;
 use crate::broker::host_client::{HostSession, SessionError};
 use crate::broker::session::HEARTBEAT_INTERVAL_MS;
+use crate::broker::wire::frame::ClientFrame;
 use crate::layout::StateLayout;
 
 pub const AFTER_HELP: &str = "\
