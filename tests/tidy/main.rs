@@ -2,7 +2,7 @@
 //! (rust-analyzer's `tidy.rs` idea). It reads the source tree, no VMs, and fails naming
 //! the file and line and how to fix it when a layer points up, files import each other in
 //! a circle, a pure file does I/O, a header is missing, a file grows past the size limit,
-//! or a `todo!`/`unimplemented!`/`#[ignore]` is left in.
+//! or unfinished code (the todo and unimplemented macros) or an ignored test is left in.
 
 mod graph;
 mod imports;
@@ -191,7 +191,11 @@ fn nothing_is_left_unfinished() {
     let (tree, _) = load();
     let mut problems = Vec::new();
     for f in &tree.files {
-        for needle in ["todo!", "unimplemented!", "#[ignore"] {
+        for needle in [
+            concat!("todo", "!"),
+            concat!("unimplemented", "!"),
+            concat!("#[", "ignore"),
+        ] {
             for (at, _) in f.code.match_indices(needle) {
                 let word_start = at == 0 || !lexer::is_ident(f.code.as_bytes()[at - 1]);
                 if word_start {
