@@ -189,19 +189,6 @@ fn bootstrap_round(p: &Project, port: u16) {
     assert_eq!(run_id(p, "b"), run_b);
 }
 
-fn ensure_image() {
-    let out = Command::new(common::castra_bin())
-        .args(["image", "build"])
-        .output()
-        .expect("run castra image build");
-    assert!(
-        out.status.success(),
-        "castra image build failed:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-}
-
 /// The `+ / ~ / -` lines of a printed plan.
 fn step_lines(text: &str) -> Vec<&str> {
     text.lines()
@@ -248,7 +235,7 @@ fn pid_of(p: &Project, name: &str) -> i64 {
 
 #[test]
 fn apply_noop_drift_crash_freeze_down() {
-    ensure_image();
+    common::ensure_image();
     let port = common::free_port();
     let p = Project::new(&config(port, "128M"));
 

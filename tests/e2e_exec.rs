@@ -454,11 +454,7 @@ fn events_recorded(p: &Project) {
 
 #[test]
 fn exec_shell_cp_wait() {
-    let built = Command::new(castra_bin())
-        .args(["image", "build"])
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", stderr(&built));
+    common::ensure_image();
     let port = common::free_port();
     let p = Project::new(&config(port));
 

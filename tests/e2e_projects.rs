@@ -5,17 +5,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Project, ok_stdout, stderr, stdout};
-
-fn ensure_image() {
-    let out = Command::new(common::castra_bin())
-        .args(["image", "build"])
-        .output()
-        .expect("run castra image build");
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-}
 
 fn init(p: &Project) {
     let out = p.castra(&["init", "--force"]);
@@ -35,7 +25,7 @@ fn broker_port(p: &Project) -> u16 {
 
 #[test]
 fn two_init_projects_converge_side_by_side() {
-    ensure_image();
+    common::ensure_image();
     let a = Project::new("");
     let b = Project::new("");
     init(&a);

@@ -17,14 +17,6 @@ fn config(port: u16, memory: &str, image: &str) -> String {
     )
 }
 
-fn ensure_image() {
-    let out = Command::new(common::castra_bin())
-        .args(["image", "build"])
-        .output()
-        .expect("run castra image build");
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-}
-
 fn apply_breaking(p: &Project, vm: &str) -> Output {
     Command::new(common::castra_bin())
         .arg("apply")
@@ -49,7 +41,7 @@ const MIB: u64 = 1024 * 1024;
 
 #[test]
 fn refuses_what_cannot_start_and_rolls_back_a_failed_restart() {
-    ensure_image();
+    common::ensure_image();
     let port = common::free_port();
     let p = Project::new(&config(port, "128M", "\"default\""));
     let out = p.castra(&["apply"]);

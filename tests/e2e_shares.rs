@@ -5,21 +5,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Project, stderr, stdout};
-
-fn ensure_image() {
-    let out = Command::new(common::castra_bin())
-        .args(["image", "build"])
-        .output()
-        .expect("run castra image build");
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-}
 
 #[test]
 fn the_default_image_mounts_shares_both_ways() {
-    ensure_image();
+    common::ensure_image();
     let port = common::free_port();
     let p = Project::new("");
     std::fs::create_dir(p.path().join("in")).unwrap();

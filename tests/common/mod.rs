@@ -135,3 +135,18 @@ pub fn vm<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
         .and_then(|a| a.iter().find(|v| v["name"] == name))
         .unwrap_or_else(|| panic!("no vm {name} in {status}"))
 }
+
+/// Build (or reuse) the default guest image the e2e tests boot; fails the test with
+/// castra's own output when it cannot.
+pub fn ensure_image() {
+    let out = Command::new(castra_bin())
+        .args(["image", "build"])
+        .output()
+        .expect("run castra image build");
+    assert!(
+        out.status.success(),
+        "castra image build failed:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
