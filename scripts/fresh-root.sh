@@ -103,14 +103,16 @@ fi
 # --- 2. this run's copy ---------------------------------------------------------------
 # Earlier runs' roots (kept after a failure) go, unless a run is still using one: its
 # mount namespace (recorded in run.X.mntns while it runs) still has a process.
-in_use() { # ROOT
+# The pids of every process in the mount namespace a run recorded in ROOT.mntns.
+ns_pids() { # ROOT
   local ns p
-  ns=$(cat "$1.mntns" 2>/dev/null) || return 1
+  ns=$(cat "$1.mntns" 2>/dev/null) || return 0
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && return 0
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
   done
-  return 1
+  return 0
 }
+in_use() { [ -n "$(ns_pids "$1")" ]; }
 for old in "$dir"/run.*; do
   [ -d "$old" ] || continue
   if in_use "$old"; then continue; fi
@@ -123,13 +125,8 @@ nsfile="$root.mntns"
 teardown() {
   # Whatever the command left running (a broker, a QEMU) goes with the root: every
   # process in the run's mount namespace. Its mounts go with the last of them.
-  local ns pids=() p
-  ns=$(cat "$nsfile" 2>/dev/null || true)
-  if [ -n "$ns" ]; then
-    for p in /proc/[0-9]*; do
-      [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && pids+=("${p#/proc/}")
-    done
-  fi
+  local pids
+  mapfile -t pids < <(ns_pids "$root")
   if [ ${#pids[@]} -gt 0 ]; then
     say "killing ${#pids[@]} process(es) left in the root"
     kill -9 "${pids[@]}" 2>/dev/null || true
