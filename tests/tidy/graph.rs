@@ -15,7 +15,8 @@ pub struct Edge {
     pub written: String,
 }
 
-/// One edge per (from, to) pair, the first place it is written.
+/// One edge per (from, to) pair, the first place it is written. Only paths count: a
+/// `mod child;` in a parent declares the child, it does not depend on it.
 pub fn edges(tree: &Tree) -> Vec<Edge> {
     let mut seen: BTreeMap<(usize, usize), Edge> = BTreeMap::new();
     for (from, file) in tree.files.iter().enumerate() {
@@ -32,7 +33,6 @@ pub fn edges(tree: &Tree) -> Vec<Edge> {
             if to == from || tree.files[to].path == "src/lib.rs" {
                 continue;
             }
-            // `mod child;` in a parent is a declaration, not a dependency: only paths count.
             let line = file.line_of(r.offset);
             seen.entry((from, to)).or_insert(Edge {
                 from,

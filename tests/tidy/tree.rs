@@ -60,7 +60,12 @@ impl Tree {
                     .unwrap()
                     .to_string_lossy()
                     .replace('\\', "/");
-                let test_from = trailing_test_module(&code).unwrap_or(text.len());
+                // Everything under tests/ is test code; elsewhere, a trailing test module.
+                let test_from = if rel.starts_with("tests/") {
+                    0
+                } else {
+                    trailing_test_module(&code).unwrap_or(text.len())
+                };
                 let children = declared_children(&code);
                 File {
                     module: module_of(&rel),
@@ -92,11 +97,6 @@ impl Tree {
         for f in &mut files {
             let Some(m) = &f.module else { continue };
             if test_modules.iter().any(|t| m.starts_with(t)) || test_paths.contains(&f.path) {
-                f.test_from = 0;
-            }
-        }
-        for f in &mut files {
-            if f.path.starts_with("tests/") {
                 f.test_from = 0;
             }
         }
