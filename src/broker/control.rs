@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use crate::fsutil::{CreateDirError, create_private_dir};
 use crate::layout::StateLayout;
-use crate::qemu::process::{Liveness, identity_of, log_tail, probe};
+use crate::qemu::process::{Liveness, identity_of, log_tail, probe, wait_released};
 
 /// How long a freshly started broker may take to open its sockets.
 pub const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,6 +99,9 @@ pub fn observe(layout: &StateLayout) -> BrokerState {
     };
     match identity_of(pid).map(|id| probe(&id, &marker(layout))) {
         Some(Liveness::Alive) => BrokerState::Running { pid },
+        Some(Liveness::Exiting) => BrokerState::Offline {
+            why: format!("broker pid {pid} exited (still releasing its port)"),
+        },
         Some(Liveness::Zombie) | Some(Liveness::Gone) | None => BrokerState::Offline {
             why: format!("broker pid {pid} exited"),
         },
@@ -126,6 +129,7 @@ pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i
         .map_err(log_err)?;
     let err_log = log.try_clone().map_err(log_err)?;
     let exe = castra_exe()?;
+    wait_previous_released(layout);
     let _ = std::fs::remove_file(layout.broker_socket());
     let mut cmd = Command::new(&exe);
     cmd.arg("broker")
@@ -179,6 +183,21 @@ pub fn start(layout: &StateLayout, port: u16, allow_tokenless: bool) -> Result<i
     Ok(pid)
 }
 
+/// A broker killed a moment ago (kill -9, OOM) is offline once its main
+/// thread is gone, but until its last thread ends it still holds its port
+/// and log files: a new one started then fails to bind. Wait that out
+/// (bounded; a start that still fails says why).
+pub fn wait_previous_released(layout: &StateLayout) {
+    let Some(id) = std::fs::read_to_string(layout.broker_pidfile())
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(identity_of)
+    else {
+        return;
+    };
+    wait_released(&id, &marker(layout), STOP_WAIT);
+}
+
 /// SIGTERM (the broker says `bye shutdown` to sessions), then SIGKILL.
 /// Returns whether it was running.
 pub fn stop(layout: &StateLayout) -> Result<bool, ControlError> {
@@ -201,6 +220,7 @@ pub fn stop(layout: &StateLayout) -> Result<bool, ControlError> {
     while matches!(observe(layout), BrokerState::Running { .. }) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    wait_previous_released(layout);
     match observe(layout) {
         BrokerState::Running { pid } => Err(ControlError::SurvivedSigkill { pid }),
         BrokerState::Offline { .. } => {

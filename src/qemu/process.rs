@@ -50,6 +50,18 @@ pub enum Liveness {
     Reused,
     /// Our QEMU exited and waits to be reaped by init.
     Zombie,
+    /// Killed, but not all its threads have finished yet (the thread-group
+    /// leader is a zombie while another thread, say one in `fdatasync`, is
+    /// still on its way out): it may still hold its files, sockets and ports.
+    Exiting,
+}
+
+impl Liveness {
+    /// Whether the process may still hold its files and ports: alive, or
+    /// killed with threads still exiting.
+    pub fn holds_resources(self) -> bool {
+        matches!(self, Liveness::Alive | Liveness::Exiting)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +282,7 @@ pub fn probe(id: &ProcessIdentity, marker: &str) -> Liveness {
         return Liveness::Reused;
     }
     if stat.state == 'Z' || stat.state == 'X' {
-        return Liveness::Zombie;
+        return dead_or_exiting(id.pid);
     }
     match fs::read(format!("/proc/{}/cmdline", id.pid)) {
         Err(_) => Liveness::Gone,
@@ -280,14 +292,40 @@ pub fn probe(id: &ProcessIdentity, marker: &str) -> Liveness {
         // cmdline; seen once in CI as Reused right after SIGKILL). Look again.
         Ok(_) => match read_stat(id.pid) {
             Some(s) if s.start_ticks != id.start_ticks => Liveness::Reused,
-            Some(s) if s.state == 'Z' || s.state == 'X' => Liveness::Zombie,
+            Some(s) if s.state == 'Z' || s.state == 'X' => dead_or_exiting(id.pid),
             Some(_) => match fs::read(format!("/proc/{}/cmdline", id.pid)) {
-                Ok(c) if c.is_empty() => Liveness::Zombie,
+                Ok(c) if c.is_empty() => dead_or_exiting(id.pid),
                 Ok(_) => Liveness::Reused,
                 Err(_) => Liveness::Gone,
             },
             None => Liveness::Gone,
         },
+    }
+}
+
+/// A pid whose thread-group leader has exited: a zombie once it is the
+/// last of its threads, else still [`Liveness::Exiting`].
+fn dead_or_exiting(pid: i32) -> Liveness {
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    if threads > 1 {
+        Liveness::Exiting
+    } else {
+        Liveness::Zombie
+    }
+}
+
+/// Waits, at most `wait`, while `id` is [`Liveness::Exiting`]; true when it
+/// no longer holds anything (or was never exiting), false if it still does.
+pub fn wait_released(id: &ProcessIdentity, marker: &str, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if probe(id, marker) != Liveness::Exiting {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -460,6 +498,33 @@ mod tests {
         assert_eq!(probe(&id, "true"), Liveness::Zombie);
         child.wait().unwrap();
         assert_eq!(probe(&id, "true"), Liveness::Gone);
+    }
+
+    #[test]
+    fn a_leader_gone_before_its_threads_is_exiting_until_the_last_one_ends() {
+        // The main thread leaves with pthread_exit while another thread
+        // sleeps: the leader shows `Z`, the process still holds its files.
+        let script = "import ctypes,threading,time\n\
+            threading.Thread(target=time.sleep,args=(0.5,)).start()\n\
+            ctypes.CDLL(None).pthread_exit(None)";
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let id = ProcessIdentity {
+            pid,
+            start_ticks: read_stat(pid).unwrap().start_ticks,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while probe(&id, "python3") != Liveness::Exiting && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(probe(&id, "python3"), Liveness::Exiting);
+        assert!(Liveness::Exiting.holds_resources());
+        assert!(wait_released(&id, "python3", Duration::from_secs(20)));
+        assert_eq!(probe(&id, "python3"), Liveness::Zombie);
+        child.wait().unwrap();
     }
 
     #[test]

@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_millis(25);
 /// How long a QMP connection may take before the ladder skips to SIGTERM.
 const QMP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait after SIGKILL.
-const KILL_WAIT: Duration = Duration::from_secs(5);
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// The stage of the shutdown ladder that stopped a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,11 +169,12 @@ fn signal_if_alive(id: &ProcessIdentity, marker: &str, sig: Signal) -> bool {
     }
 }
 
-/// Polls until `id` is no longer alive (gone, zombie, pid reused) or `wait` passes.
+/// Polls until `id` no longer holds anything (gone, zombie, pid reused; not
+/// still exiting, so its ports and disk locks are free) or `wait` passes.
 fn wait_exit(id: &ProcessIdentity, marker: &str, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
     loop {
-        if probe(id, marker) != Liveness::Alive {
+        if !probe(id, marker).holds_resources() {
             return true;
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -21,6 +21,7 @@ use crate::qemu::shutdown::{self, ShutdownEvent, ShutdownOutcome, Stage};
 use crate::qemu::{Accel, BootImage, argv, guest_clock, qemu_binary};
 
 use super::desired::DesiredVm;
+use super::launch_prep::{check_shares, check_socket_path, clear_leftovers};
 use super::observe::{Observed, ObservedVm};
 use super::overlay::{must_exist, overlay_over};
 use super::plan::{Plan, Step};
@@ -215,11 +216,7 @@ impl<'a> Executor<'a> {
         let (boot, probe_kernel) = self.boot_image(vm, &spec.image, previous_image, paths)?;
         let decision = self.accel(spec.accel, probe_kernel.as_deref());
 
-        // Leftovers of an earlier run: a dead QEMU's pidfile and socket, the last serial log.
-        remove_if_exists(&paths.pidfile());
-        remove_if_exists(&paths.qmp_socket());
-        remove_if_exists(&paths.launch_record());
-        rotate(&paths.serial_log());
+        clear_leftovers(paths);
 
         let mut extra = vec![
             format!("castra.vm={vm}"),
@@ -561,39 +558,4 @@ fn wait_running(
         last,
         qemu_log: paths.qemu_log(),
     })
-}
-
-/// Each share's host directory must exist (checked at start, like kernels and disks).
-fn check_shares(vm: &str, shares: &[crate::config::Share]) -> Result<(), StepError> {
-    for s in shares {
-        if !s.host.is_dir() {
-            return Err(StepError::ShareDir {
-                vm: vm.into(),
-                tag: s.tag.clone(),
-                host: s.host.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn check_socket_path(vm: &str, socket: &Path) -> Result<(), StepError> {
-    let len = socket.as_os_str().len();
-    if len > crate::layout::MAX_SOCKET_PATH {
-        return Err(StepError::SocketPath {
-            vm: vm.into(),
-            socket: socket.to_owned(),
-            len,
-        });
-    }
-    Ok(())
-}
-
-/// Keep the previous boot's serial log as `<name>.1`.
-fn rotate(path: &Path) {
-    if path.exists() {
-        let mut old = path.as_os_str().to_owned();
-        old.push(".1");
-        let _ = std::fs::rename(path, PathBuf::from(old));
-    }
 }

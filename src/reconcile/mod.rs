@@ -10,6 +10,7 @@ pub mod apply;
 pub mod desired;
 pub mod execute;
 pub mod holder;
+mod launch_prep;
 pub mod lock;
 pub mod observe;
 mod overlay;

@@ -160,6 +160,12 @@ fn recorded_state(rec: &LaunchRecord, paths: &VmPaths, depth: Depth) -> VmState 
         Liveness::Gone => VmState::Stopped {
             why: format!("qemu pid {} exited", rec.process.pid),
         },
+        Liveness::Exiting => VmState::Stopped {
+            why: format!(
+                "qemu pid {} exited (still releasing its files)",
+                rec.process.pid
+            ),
+        },
         Liveness::Zombie => VmState::Stopped {
             why: format!("qemu pid {} exited (zombie)", rec.process.pid),
         },

@@ -65,6 +65,8 @@ pub fn check(
     let mut default_checked = false;
     for want in &starting {
         let vm = want.spec.name.as_str();
+        // A QEMU killed a moment ago may still hold its forwards' ports.
+        super::launch_prep::wait_previous_qemu(&layout.vm(vm));
         match &want.spec.image {
             ImageSpec::Default if !default_checked => {
                 default_checked = true;
@@ -145,6 +147,11 @@ pub fn check(
                 "use accel = \"auto\" (KVM when it works, else TCG) or \"tcg\"".into(),
             );
         }
+    }
+    // A broker killed a moment ago is offline while its last thread still
+    // holds the port: let it finish rather than report the port taken.
+    if matches!(plan.broker, Some(super::plan::BrokerStep::Start { .. })) {
+        crate::broker::control::wait_previous_released(&layout);
     }
     for conflict in ports::check(plan, desired, observed, project.broker.port) {
         c.port(&conflict);
