@@ -16,6 +16,8 @@
 , rustPlatform
 , rustc
 , makeWrapper
+, installShellFiles
+, stdenv
 , qemu_kvm
 , agentOnly ? false
 }:
@@ -56,7 +58,7 @@ rustPlatform.buildRustPackage {
 
   cargoBuildFlags = lib.optionals agentOnly [ "--bin" "castra-agent" ];
 
-  nativeBuildInputs = lib.optionals (!agentOnly) [ makeWrapper ];
+  nativeBuildInputs = lib.optionals (!agentOnly) [ makeWrapper installShellFiles ];
 
   doCheck = !agentOnly;
   # The accelerator-probe unit tests boot a tiny stub kernel under TCG.
@@ -71,7 +73,17 @@ rustPlatform.buildRustPackage {
     "--skip" "image::binary::tests::real_binaries_on_this_host"
   ];
 
-  postInstall = lib.optionalString (!agentOnly) ''
+  # Completions and man pages come from the binary itself (`castra
+  # completions`, `castra man`), so they cannot fall behind the CLI; skipped
+  # when cross-compiling, where the binary cannot run on the build machine.
+  postInstall = lib.optionalString (!agentOnly && stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+    installShellCompletion --cmd castra \
+      --bash <($out/bin/castra completions bash) \
+      --zsh <($out/bin/castra completions zsh) \
+      --fish <($out/bin/castra completions fish)
+    $out/bin/castra man --out man
+    installManPage man/*.1
+  '' + lib.optionalString (!agentOnly) ''
     wrapProgram $out/bin/castra --suffix PATH : ${lib.makeBinPath [ qemu_kvm ]}
   '';
 

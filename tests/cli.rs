@@ -299,3 +299,64 @@ fn image_prune_removes_old_builds_but_never_one_in_use() {
     assert_eq!(again["removed"].as_array().unwrap().len(), 1, "{again}");
     assert!(!kernel.exists());
 }
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let p = Project::new("");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = p.castra(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for word in ["apply", "exec", "shell", "cp", "wait", "publish"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+        assert!(!script.contains("broker --state-root"), "{shell}");
+    }
+    let out = p.castra(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    let dir = p.path().join("man");
+    let out = p.castra(&["man", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "castra",
+        "castra-apply",
+        "castra-exec",
+        "castra-bus-publish",
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{page}.1")))
+            .unwrap_or_else(|e| panic!("{page}.1: {e}"));
+        assert!(text.contains(".TH"), "{page}.1 is not roff");
+    }
+    assert!(
+        !dir.join("castra-broker.1").exists(),
+        "the hidden broker has no page"
+    );
+    let exec = std::fs::read_to_string(dir.join("castra-exec.1")).unwrap();
+    assert!(
+        exec.contains("125"),
+        "castra-exec.1 documents the exit codes"
+    );
+    let out = p.castra(&["man"]);
+    assert!(stdout(&out).contains(".TH castra 1"), "{}", stdout(&out));
+}
+
+#[test]
+fn usage_errors_are_not_mistaken_for_plan_or_a_guest_command() {
+    let p = Project::new("");
+    // 2 is `plan`'s "changes pending": a typo must not look like that.
+    let out = p.castra(&["plan", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
+    // exec/shell/cp pass the guest's code through; castra's own is 125.
+    for args in [
+        &["exec", "--no-such-flag", "web", "--", "true"][..],
+        &["shell", "--no-such-flag", "web"][..],
+        &["cp", "only-one-argument"][..],
+    ] {
+        let out = p.castra(args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", stderr(&out));
+    }
+    let out = p.castra(&["exec", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -6,6 +6,7 @@ mod apply;
 pub mod broker;
 pub mod bus;
 mod clean;
+mod completions;
 mod cp;
 mod drive;
 mod exec;
@@ -13,6 +14,7 @@ pub mod exit;
 pub mod image;
 mod init;
 mod logs;
+mod man;
 pub(crate) mod out;
 pub mod project;
 mod shell;
@@ -24,7 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::ConfigError;
 use exit::{EXIT_CODES, EXIT_ERROR};
@@ -79,6 +81,10 @@ enum Command {
     Cp(cp::CpArgs),
     /// Wait until VMs are reachable (or their bootstrap finished).
     Wait(wait::WaitArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(completions::CompletionsArgs),
+    /// Print castra's manual page, or write every command's page into a directory.
+    Man(man::ManArgs),
     /// Run the host broker in the foreground (started by `apply`; not for direct use).
     #[command(hide = true)]
     Broker(broker::BrokerArgs),
@@ -92,7 +98,18 @@ enum Command {
 
 /// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            // `--help` and `--version` come here too, and are no error.
+            if !err.use_stderr() {
+                return ExitCode::SUCCESS;
+            }
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            return ExitCode::from(exit::usage_error_code(&args));
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         // The reader of our output went away (`castra plan | head -1`): done.
@@ -124,6 +141,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Shell(args) => shell::run(args, &load_project(config)?),
         Command::Cp(args) => cp::run(args, &load_project(config)?),
         Command::Wait(args) => wait::run(args, &load_project(config)?),
+        Command::Completions(args) => completions::run(args, Cli::command()),
+        Command::Man(args) => man::run(args, Cli::command()),
         Command::Broker(args) => broker::run(args),
         Command::Up { .. } => anyhow::bail!(
             "`castra up` is the original castra's command: run `castra apply` (it starts what castra.toml declares and stops what it no longer does; `castra plan` first shows what it would do)"

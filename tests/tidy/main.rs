@@ -2,7 +2,8 @@
 //! (rust-analyzer's `tidy.rs` idea). It reads the source tree, no VMs, and fails naming
 //! the file and line and how to fix it when a layer points up, files import each other in
 //! a circle, a pure file does I/O, a header is missing, a file grows past the size limit,
-//! or unfinished code (the todo and unimplemented macros) or an ignored test is left in.
+//! unfinished code (the todo and unimplemented macros) or an ignored test is left in, or
+//! a file is missing from the code map.
 
 mod graph;
 mod imports;
@@ -208,5 +209,45 @@ fn nothing_is_left_unfinished() {
         "unfinished code or ignored tests",
         problems,
         "finish it, or delete it; a test that cannot run here fails or is compiled out by a documented feature",
+    );
+}
+
+#[test]
+fn every_file_is_on_the_map() {
+    let (tree, _) = load();
+    let map =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md"))
+            .unwrap();
+    let named = |word: &str| {
+        map.match_indices(word).any(|(at, _)| {
+            let before = map[..at]
+                .bytes()
+                .next_back()
+                .is_none_or(|b| !lexer::is_ident(b));
+            let after = map[at + word.len()..]
+                .bytes()
+                .next()
+                .is_none_or(|b| !lexer::is_ident(b));
+            before && after
+        })
+    };
+    let problems: Vec<String> = tree
+        .files
+        .iter()
+        .filter_map(|f| {
+            let path = Path::new(&f.path);
+            let stem = path.file_stem()?.to_str()?;
+            // A folder's root file is named by its folder.
+            let word = match stem {
+                "mod" | "main" | "lib" => path.parent()?.file_name()?.to_str()?,
+                s => s,
+            };
+            (!named(word)).then(|| format!("{}:1: `{word}` is not in docs/ARCHITECTURE.md", f.path))
+        })
+        .collect();
+    fail(
+        "files the architecture map does not mention",
+        problems,
+        "add the file, with what it is for, to the code map in docs/ARCHITECTURE.md",
     );
 }

@@ -1,0 +1,29 @@
+//! `castra completions SHELL`: the shell completion script for castra's
+//! command line, printed to stdout (generated from the clap definitions, so
+//! it never falls behind them).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use clap_complete::Shell;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Install, for example:\n  \
+    castra completions bash > ~/.local/share/bash-completion/completions/castra\n  \
+    castra completions zsh > ~/.zfunc/_castra    (with fpath+=~/.zfunc in ~/.zshrc)\n  \
+    castra completions fish > ~/.config/fish/completions/castra.fish")]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum)]
+    shell: Shell,
+}
+
+/// Writes `shell`'s completion script for `cmd` to stdout.
+pub fn run(args: &CompletionsArgs, mut cmd: clap::Command) -> Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "castra", &mut script);
+    std::io::stdout().lock().write_all(&script)?;
+    Ok(ExitCode::SUCCESS)
+}
