@@ -113,6 +113,22 @@ fn bootstrap_round(p: &Project, port: u16) {
     assert_eq!(ba["state"], "ok", "{s}");
     assert_eq!(bb["state"], "failed", "{s}");
     assert!(ba["age_ms"].is_u64(), "{s}");
+    // `castra wait --for bootstrap` agrees: done for a, never for b (at once,
+    // not at its timeout).
+    let out = p.castra(&["wait", "a", "--for", "bootstrap", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t = Instant::now();
+    let out = p.castra(&["wait", "a", "b", "--for", "bootstrap", "--timeout", "600s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the bootstrap of vm \"b\" failed: exit code 7"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(300),
+        "a failed bootstrap ends the wait"
+    );
     let log_b = std::fs::read_to_string(bb["log"].as_str().unwrap()).unwrap();
     assert!(log_b.contains("failing"), "{log_b}");
     let log_a = std::fs::read_to_string(ba["log"].as_str().unwrap()).unwrap();
