@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # python3: tests/docs.rs runs the Python guest client printed in docs/BUS.md.
 packages=(qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl
-  debootstrap e2fsprogs tmux python3)
+  debootstrap e2fsprogs tmux python3 openssh-client)
 missing() { for pkg in "${packages[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"; done; }
 # Twice at most: installing one package can remove another that conflicts with it
 # (qemu-system-x86 from bookworm removes a backported qemu-utils), and the second

@@ -28,7 +28,9 @@ suite=bookworm
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # libdbi-perl: provides perl-dbdabi-94 for nix-bin's libdbd-sqlite3-perl (debootstrap
 # does not resolve virtual packages).
-packages=systemd-sysv,udev,dbus,kmod,iproute2,mount,ca-certificates,nix-bin,libdbi-perl,linux-image-amd64,initramfs-tools
+# openssh-server: only for benches/exec_vs_ssh.rs (castra against OpenSSH on
+# the same guest); disabled, and without host keys, until that bench starts it.
+packages=systemd-sysv,udev,dbus,kmod,iproute2,mount,ca-certificates,nix-bin,libdbi-perl,linux-image-amd64,initramfs-tools,openssh-server
 # Kernel command line: root on the overlay (/dev/vda). quiet: console output is
 # slow under TCG. castra appends castra.vm=, castra.broker_port= and, under
 # TCG, its clock arguments.
@@ -108,6 +110,10 @@ install -m 0755 "$agent" "$root/usr/bin/castra-agent"
 od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$root/etc/machine-id"
 echo >>"$root/etc/machine-id"
 chroot "$root" systemctl enable -q castra-network.service castra-agent.service
+# sshd stays off (castra needs none), and host keys made here would be shared
+# by every guest of the image: whoever starts sshd runs `ssh-keygen -A` first.
+chroot "$root" systemctl disable -q ssh.service
+rm -f "$root"/etc/ssh/ssh_host_*
 # No console login (castra has no console), no timers a short-lived VM never
 # needs, nothing that only costs boot time under TCG (measured with
 # systemd-analyze blame in the guest).
