@@ -82,7 +82,7 @@ pub enum ImageError {
     },
 
     #[error(
-        "guest/kernel/castra.config asks for {what}, but `make olddefconfig` in {} dropped it \
+        "guest/kernel/castra.config asks for {what}, but `make allnoconfig` in {} dropped it \
          (a dependency is off: add it to the fragment)",
         tree.display()
     )]

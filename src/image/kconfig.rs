@@ -1,6 +1,6 @@
 //! The fast kernel's configuration, as text: the fragment kept in the repo
 //! (`guest/kernel/castra.config`, applied on top of `make tinyconfig`), the
-//! check that every symbol it asks for survived `make olddefconfig` (Kconfig
+//! check that every symbol it asks for survived `make allnoconfig` (Kconfig
 //! silently drops a symbol whose dependencies are off), and the reading of
 //! `make`'s progress lines for the progress display.
 //!

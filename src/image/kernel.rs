@@ -1,6 +1,6 @@
-//! The fast guest kernel: Debian's `linux-source-6.1` configured with
-//! `make tinyconfig` plus the fragment in `guest/kernel/castra.config`
-//! (`kconfig.rs`), built to an uncompressed `vmlinux` (PVH entry, booted by
+//! The fast guest kernel: Debian's `linux-source-6.1` configured as
+//! `make tinyconfig` plus the fragment in `guest/kernel/castra.config` with
+//! every other symbol off (`kconfig.rs`), built to an uncompressed `vmlinux` (PVH entry, booted by
 //! `-M microvm`), cached by the hash of its inputs.
 //!
 //! ```text
@@ -32,11 +32,13 @@ use super::sources::{self, ScratchDir, size, write_atomic};
 /// Where Debian's `linux-source-6.1` package puts the source.
 pub const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// Bumped when the steps below change in a way the key does not capture.
-const KERNEL_RECIPE: u32 = 1;
+const KERNEL_RECIPE: u32 = 2;
 const KERNELS_DIR: &str = "kernels";
 const RECORD: &str = "kernel.json";
 /// The previous build's number of make steps, for the progress percentage.
 const STEPS_FILE: &str = ".castra-steps";
+/// tinyconfig's two files and the fragment, handed to `make allnoconfig`.
+const ALLCONFIG: &str = "castra.allconfig";
 /// Written once the tarball is fully unpacked.
 const UNPACKED_MARK: &str = ".castra-unpacked";
 /// A fixed build stamp: the kernel's version string then names no machine or time.
@@ -142,7 +144,7 @@ pub fn build(
     let settings = kconfig::parse_fragment(FRAGMENT)?;
     let kernels = root.join(KERNELS_DIR);
     fs::create_dir_all(&kernels).map_err(ImageError::io(&kernels))?;
-    let source_sha256 = sources::sha256_file(source)?;
+    let source_sha256 = source_sha256(&kernels, source)?;
     let compiler = first_line(&sources::run(
         Command::new("gcc").arg("--version"),
         "name the compiler",
@@ -177,22 +179,23 @@ pub fn build(
 
     let started = Instant::now();
     let src = unpack(source, &tree, progress)?;
-    progress("kernel: configuring (make tinyconfig + guest/kernel/castra.config)");
-    make(&src, &["tinyconfig"], "configure the kernel (tinyconfig)")?;
-    let fragment_file = src.join("castra.config");
-    write_atomic(&fragment_file, FRAGMENT.as_bytes())?;
-    sources::run(
-        Command::new("scripts/kconfig/merge_config.sh")
-            .args(["-m", ".config", "castra.config"])
-            .current_dir(&src)
-            .envs(BUILD_ENV.iter().copied()),
-        "merge castra's kernel config fragment",
-        "reinstall linux-source-6.1",
-    )?;
+    progress("kernel: configuring (tinyconfig + guest/kernel/castra.config, the rest off)");
+    // `make tinyconfig` is allnoconfig plus the two tiny.config files; giving allnoconfig
+    // those and the fragment as KCONFIG_ALLCONFIG applies the fragment on top of tinyconfig
+    // with every symbol it does not name off (a merge + olddefconfig would instead turn
+    // on everything newly visible that defaults to y: IPv6, ethtool, PTP, ...).
+    let mut allconfig = String::new();
+    for tiny in ["kernel/configs/tiny.config", "arch/x86/configs/tiny.config"] {
+        let path = src.join(tiny);
+        allconfig.push_str(&fs::read_to_string(&path).map_err(ImageError::io(&path))?);
+        allconfig.push('\n');
+    }
+    allconfig.push_str(FRAGMENT);
+    write_atomic(&src.join(ALLCONFIG), allconfig.as_bytes())?;
     make(
         &src,
-        &["olddefconfig"],
-        "configure the kernel (olddefconfig)",
+        &[&format!("KCONFIG_ALLCONFIG={ALLCONFIG}"), "allnoconfig"],
+        "configure the kernel (allnoconfig with tinyconfig + the fragment)",
     )?;
     let config_path = src.join(".config");
     let config = fs::read_to_string(&config_path).map_err(ImageError::io(&config_path))?;
@@ -250,6 +253,31 @@ pub fn build(
         dir.display()
     ));
     Ok(k)
+}
+
+/// The tarball's sha256, remembered beside the kernels with its size and
+/// mtime: hashing 130 MiB on every `image build` costs seconds (tens in a
+/// debug build), and the package manager replaces the file when it changes.
+fn source_sha256(kernels: &Path, source: &Path) -> Result<String, ImageError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(source).map_err(ImageError::io(source))?;
+    let stamp = format!(
+        "{} {} {} {}\n",
+        source.display(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let memo = kernels.join("source.sha256");
+    if let Ok(text) = fs::read_to_string(&memo)
+        && let Some(sum) = text.strip_prefix(&stamp)
+        && sum.trim().len() == 64
+    {
+        return Ok(sum.trim().to_string());
+    }
+    let sum = sources::sha256_file(source)?;
+    write_atomic(&memo, format!("{stamp}{sum}\n").as_bytes())?;
+    Ok(sum)
 }
 
 /// A finished kernel directory, checked by size.
