@@ -14,6 +14,8 @@ export PATH=/bin
 umask 022
 
 mount -t proc proc /proc
+# Boot timeline marks for the agent (guest uptime, seconds): see docs/BOOT.md.
+read -r CASTRA_BOOT_INIT _ </proc/uptime
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /run /tmp
@@ -78,8 +80,9 @@ else
     say "no eth0 (no virtio-net device?); continuing without network"
 fi
 
-read -r uptime _ </proc/uptime
-echo "castra-guest: ready vm=$CASTRA_VM uptime=$uptime"
+read -r CASTRA_BOOT_NET _ </proc/uptime
+export CASTRA_BOOT_INIT CASTRA_BOOT_NET
+echo "castra-guest: ready vm=$CASTRA_VM uptime=$CASTRA_BOOT_NET"
 
 # --- the agent, or a handshake-only hello ----------------------------------
 if [ -x /bin/castra-agent ]; then

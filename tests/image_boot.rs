@@ -1,4 +1,6 @@
-//! End-to-end test of the default guest image: build it with the library API
+//! End-to-end test of the default guest image with the stock Debian kernel
+//! (`--kernel debian`; the fast kernel is booted by every e2e suite and checked
+//! in `e2e_boot.rs`): build it with the library API
 //! into a temporary cache (this downloads the Debian kernel package with
 //! apt), boot it with a hand-written `-M microvm` QEMU command under TCG, and
 //! check what castra relies on: the ready line, the handshake with the real
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use castra::image::{self, BuildOptions, DefaultImage};
+use castra::image::{self, BuildOptions, DefaultImage, KernelChoice};
 use common::broker::{Broker, state_root_with_tokens};
 use common::free_port;
 
@@ -169,6 +171,14 @@ impl Boot {
     }
 }
 
+/// The stock Debian kernel (a temporary cache would compile the fast one again).
+fn debian() -> BuildOptions {
+    BuildOptions {
+        kernel: KernelChoice::Debian,
+        ..BuildOptions::default()
+    }
+}
+
 fn timed_build(opts: &BuildOptions) -> (DefaultImage, Vec<String>, Duration) {
     let mut lines = Vec::new();
     let started = Instant::now();
@@ -191,8 +201,8 @@ fn default_image_builds_boots_handshakes_and_powers_off() {
     assert!(missing.contains("castra image build"), "{missing}");
 
     // Cold build, then a warm one that must be a no-op with the same image.
-    let (img, _, cold) = timed_build(&BuildOptions::default());
-    let (again, lines, warm) = timed_build(&BuildOptions::default());
+    let (img, _, cold) = timed_build(&debian());
+    let (again, lines, warm) = timed_build(&debian());
     assert_eq!(again, img);
     assert!(
         lines.iter().any(|l| l.contains("up to date")),
@@ -250,7 +260,7 @@ fn default_image_builds_boots_handshakes_and_powers_off() {
     .unwrap();
     let opts = BuildOptions {
         extra_files: vec![(agent, "/bin/castra-agent".into(), 0o755)],
-        ..BuildOptions::default()
+        ..debian()
     };
     let (with_agent, _, rebuild) = timed_build(&opts);
     assert_ne!(with_agent.id, img.id);

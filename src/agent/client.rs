@@ -108,7 +108,13 @@ pub fn handshake(target: &Target) -> Result<(TcpStream, String, Vec<u8>), Ended>
             "not a castra broker (unexpected greeting)".into(),
         ));
     }
-    let hello = format!("{}\n", target.hello.to_line());
+    let mut hello = target.hello.clone();
+    if !hello.boot.is_empty() {
+        hello
+            .boot
+            .push(("hello".to_owned(), super::timeline::uptime_ms()));
+    }
+    let hello = format!("{}\n", hello.to_line());
     if let Err(e) = stream.write_all(hello.as_bytes()) {
         return Err(Ended::Unreachable(format!("sending hello: {e}")));
     }

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod client;
 pub mod exec;
 pub mod shares;
+pub mod timeline;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -168,6 +169,7 @@ fn target(config: &AgentConfig) -> Target {
             vm: config.vm.clone(),
             capabilities: vec![CAP_BUS_V1.to_owned()],
             token: crate::broker::token::read_token(&config.token_file),
+            boot: Vec::new(),
         },
         heartbeat_interval: config.heartbeat_interval,
         connect_timeout: Duration::from_secs(3),
@@ -249,8 +251,10 @@ fn run_bus(cmd: &BusCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<(),
     Ok(())
 }
 
-/// Run forever (returns only on a configuration error).
-pub fn run(config: &AgentConfig) -> ExitCode {
+/// Run forever (returns only on a configuration error). `started_ms` is the
+/// guest uptime at which the agent started (its boot timeline mark).
+pub fn run(config: &AgentConfig, started_ms: u64) -> ExitCode {
+    let boot_marks = timeline::marks(started_ms, &|k| std::env::var(k).ok());
     let addr = SocketAddr::new(config.host, config.port);
     let mut log = StateLog {
         last: String::new(),
@@ -265,8 +269,10 @@ pub fn run(config: &AgentConfig) -> ExitCode {
     }
     let mut backoff = Backoff::default();
     let bootstraps = bootstrap::Bootstraps::default();
+    let mut shown_timeline = false;
     loop {
         let mut target = target(config);
+        target.hello.boot = boot_marks.clone();
         target
             .hello
             .capabilities
@@ -285,6 +291,9 @@ pub fn run(config: &AgentConfig) -> ExitCode {
             &target,
             &mut |session| {
                 opened = true;
+                if !std::mem::replace(&mut shown_timeline, true) {
+                    eprintln!("castra-agent: {}", timeline::console_line(&boot_marks));
+                }
                 log.say(
                     &format!("connected {session}"),
                     &format!("connected session={session}"),
@@ -318,6 +327,7 @@ pub fn run(config: &AgentConfig) -> ExitCode {
 
 /// Entry point of `src/bin/castra-agent.rs`.
 pub fn main() -> ExitCode {
+    let started_ms = timeline::uptime_ms();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{USAGE}");
@@ -336,7 +346,7 @@ pub fn main() -> ExitCode {
         };
     }
     match config_from(&args, &|k| std::env::var(k).ok()) {
-        Ok(config) => run(&config),
+        Ok(config) => run(&config, started_ms),
         Err(e) => {
             eprintln!("castra-agent: {e}\n{USAGE}");
             ExitCode::from(2)

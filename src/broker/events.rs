@@ -101,9 +101,10 @@ impl Event {
                 peer,
             }),
             Record::HelloTimeout => Some(Event::HelloTimeout { peer }),
-            Record::Heartbeat { .. } | Record::Subscriptions { .. } | Record::Published { .. } => {
-                None
-            }
+            Record::Heartbeat { .. }
+            | Record::Subscriptions { .. }
+            | Record::Published { .. }
+            | Record::Boot { .. } => None,
             Record::Decision {
                 vm,
                 session,

@@ -24,4 +24,6 @@ pub mod wire;
 
 pub use context::BrokerOptions;
 pub use server::{BrokerError, run};
-pub use state::{BrokerSnapshot, FRESHNESS_WINDOW_MS, VmEntry, age_ms, reachable, read_snapshot};
+pub use state::{
+    BrokerSnapshot, FRESHNESS_WINDOW_MS, GuestBoot, VmEntry, age_ms, reachable, read_snapshot,
+};

@@ -65,6 +65,18 @@ pub struct VmEntry {
     /// Subscription count per open session (sessions with none are absent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub session_subscriptions: BTreeMap<String, u32>,
+    /// The boot marks of the latest handshake that carried some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_boot: Option<GuestBoot>,
+}
+
+/// A guest's boot marks and the host time of the handshake that carried them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestBoot {
+    /// Unix ms at which the broker granted that handshake.
+    pub handshake_ms: u64,
+    /// Stage -> guest uptime in ms (`init`, `net`, `agent`, `hello`, ...).
+    pub marks: BTreeMap<String, u64>,
 }
 
 /// The whole snapshot.
@@ -181,6 +193,13 @@ impl BrokerSnapshot {
                     e.open_sessions.push(id.clone());
                 }
                 e.refresh();
+            }
+            Record::Boot { vm, marks } => {
+                let e = self.entry(vm);
+                e.last_boot = Some(GuestBoot {
+                    handshake_ms: e.last_handshake_ms.unwrap_or(now_ms),
+                    marks: marks.iter().cloned().collect(),
+                });
             }
             Record::Denied { vm, reason } => match (vm, reason) {
                 (Some(name), Reason::UnknownVm) => {

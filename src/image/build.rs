@@ -18,12 +18,13 @@ use sha2::{Digest, Sha256};
 use super::binary::{is_elf, xz_payload_offset};
 use super::cpio::write_archive;
 use super::error::ImageError;
+use super::kernel;
 use super::manifest::{
     self, CURRENT, DEBS_DIR, IMAGES_DIR, INITRD_FILE, Inputs, KERNEL_FILE, MANIFEST, Manifest,
 };
 use super::modules::{ModuleDeps, WANTED, module_name};
 use super::sources::{self, ScratchDir, size, write_atomic};
-use super::store::{BuildOptions, DEFAULT_CMDLINE, DefaultImage, read_image};
+use super::store::{BuildOptions, DEFAULT_CMDLINE, DefaultImage, KernelChoice, read_image};
 
 use super::initramfs::{
     COMPRESSION, Compression, HANDSHAKE_SCRIPT, INIT_SCRIPT, gzip, initramfs_entries,
@@ -40,12 +41,24 @@ pub fn build(
     fs::create_dir_all(&images).map_err(ImageError::io(&images))?;
 
     // 1. Inputs, by content.
-    let kernel = sources::kernel_deb(opts.kernel_deb.as_deref(), &debs, progress)?;
-    progress(&format!(
-        "kernel package: {} ({})",
-        kernel.path.display(),
-        kernel.how
-    ));
+    let kernel = match opts.kernel {
+        KernelChoice::Debian => {
+            let deb = sources::kernel_deb(opts.kernel_deb.as_deref(), &debs, progress)?;
+            progress(&format!(
+                "kernel package: {} ({})",
+                deb.path.display(),
+                deb.how
+            ));
+            KernelInput::Debian(deb)
+        }
+        KernelChoice::Fast => {
+            let source = opts
+                .kernel_source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(kernel::SOURCE_TARBALL));
+            KernelInput::Fast(kernel::build(root, &source, opts.force, progress)?)
+        }
+    };
     let (busybox, busybox_from) = sources::busybox(opts.busybox.as_deref(), &debs, progress)?;
     let busybox_sha = hex::encode(Sha256::digest(&busybox));
     progress(&format!(
@@ -53,12 +66,18 @@ pub fn build(
         size(busybox.len() as u64)
     ));
     let extras = read_extra_files(&opts.extra_files)?;
+    let (kernel_id, wanted): (&str, &[&str]) = match &kernel {
+        KernelInput::Debian(deb) => (&deb.sha256, WANTED),
+        // Everything is built in: no modules, no insmod at boot.
+        KernelInput::Fast(k) => (&k.key, &[]),
+    };
     let inputs = Inputs {
-        kernel_deb_sha256: &kernel.sha256,
+        kernel_kind: opts.kernel.as_str(),
+        kernel_deb_sha256: kernel_id,
         busybox_sha256: &busybox_sha,
         init_script: INIT_SCRIPT,
         handshake_script: HANDSHAKE_SCRIPT,
-        modules: WANTED,
+        modules: wanted,
         cmdline: DEFAULT_CMDLINE,
         compression: COMPRESSION.as_str(),
         extra_files: extras
@@ -91,47 +110,23 @@ pub fn build(
     // 3. Build in a scratch directory.
     let scratch = ScratchDir::new(&images, "build")?;
     let work = scratch.path();
-    let unpacked = work.join("deb");
-    let started = Instant::now();
-    sources::run(
-        Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&kernel.path)
-            .arg(&unpacked),
-        "unpack the kernel package",
-        "install dpkg (castra's image builder expects Debian tools)",
-    )?;
-    progress(&format!(
-        "extract: {} unpacked in {:.1}s",
-        file_name(&kernel.path),
-        started.elapsed().as_secs_f64()
-    ));
-
-    let (vmlinuz, version) = find_vmlinuz(&unpacked, &kernel.path)?;
     let vmlinux = work.join(KERNEL_FILE);
-    let started = Instant::now();
-    let vmlinuz_len = decompress_kernel(&vmlinuz, &vmlinux)?;
+    let (version, modules, source_line) = match &kernel {
+        KernelInput::Debian(deb) => {
+            let (version, modules) = debian_kernel(deb, work, &vmlinux, progress)?;
+            let line = format!("kernel {} sha256:{}", file_name(&deb.path), deb.sha256);
+            (version, modules, line)
+        }
+        KernelInput::Fast(k) => {
+            fs::copy(&k.vmlinux, &vmlinux).map_err(ImageError::io(&k.vmlinux))?;
+            let line = format!(
+                "kernel linux-source {} (guest/kernel/castra.config) key:{} source sha256:{}",
+                k.version, k.key, k.source_sha256
+            );
+            (k.version.clone(), Vec::new(), line)
+        }
+    };
     let kernel_size = sources::file_len(&vmlinux)?;
-    progress(&format!(
-        "decompress: vmlinuz-{version} ({}) -> vmlinux ({}) in {:.1}s",
-        size(vmlinuz_len),
-        size(kernel_size),
-        started.elapsed().as_secs_f64()
-    ));
-
-    let modules = pick_modules(&unpacked, &version, &kernel.path)?;
-    let module_bytes: u64 = modules.iter().map(|(_, d)| d.len() as u64).sum();
-    progress(&format!(
-        "modules: {} ({}): {}",
-        modules.len(),
-        size(module_bytes),
-        modules
-            .iter()
-            .map(|(n, _)| n.trim_end_matches(".ko"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
-    fs::remove_dir_all(&unpacked).map_err(ImageError::io(&unpacked))?;
 
     let entries = initramfs_entries(busybox, &modules, extras)?;
     let count = entries.len();
@@ -154,7 +149,13 @@ pub fn build(
     let manifest = Manifest {
         format: manifest::MANIFEST_FORMAT,
         key: key.clone(),
-        id: manifest::content_id(&kernel_sha256, &initrd_sha256, DEFAULT_CMDLINE),
+        id: manifest::content_id(
+            opts.kernel.as_str(),
+            &kernel_sha256,
+            &initrd_sha256,
+            DEFAULT_CMDLINE,
+        ),
+        kernel: opts.kernel.as_str().to_string(),
         kernel_version: version,
         cmdline: DEFAULT_CMDLINE.to_string(),
         kernel_size,
@@ -164,11 +165,7 @@ pub fn build(
         compression: COMPRESSION.as_str().to_string(),
         modules: modules.iter().map(|(n, _)| n.clone()).collect(),
         sources: vec![
-            format!(
-                "kernel {} sha256:{}",
-                file_name(&kernel.path),
-                kernel.sha256
-            ),
+            source_line,
             format!("busybox {busybox_from} sha256:{busybox_sha}"),
         ],
     };
@@ -199,6 +196,61 @@ pub fn build(
     let image = read_image(&dir)?;
     progress(&format!("built image {}: {}", image.id, dir.display()));
     Ok(image)
+}
+
+/// Where the kernel comes from.
+enum KernelInput {
+    Debian(sources::Source),
+    Fast(kernel::FastKernel),
+}
+
+/// The stock Debian kernel: unpack the package, decompress its bzImage to
+/// `vmlinux`, pick the modules. Returns the version and the modules.
+#[allow(clippy::type_complexity)]
+fn debian_kernel(
+    deb: &sources::Source,
+    work: &Path,
+    vmlinux: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(String, Vec<(String, Vec<u8>)>), ImageError> {
+    let unpacked = work.join("deb");
+    let started = Instant::now();
+    sources::run(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb.path)
+            .arg(&unpacked),
+        "unpack the kernel package",
+        "install dpkg (castra's image builder expects Debian tools)",
+    )?;
+    progress(&format!(
+        "extract: {} unpacked in {:.1}s",
+        file_name(&deb.path),
+        started.elapsed().as_secs_f64()
+    ));
+    let (vmlinuz, version) = find_vmlinuz(&unpacked, &deb.path)?;
+    let started = Instant::now();
+    let vmlinuz_len = decompress_kernel(&vmlinuz, vmlinux)?;
+    progress(&format!(
+        "decompress: vmlinuz-{version} ({}) -> vmlinux ({}) in {:.1}s",
+        size(vmlinuz_len),
+        size(sources::file_len(vmlinux)?),
+        started.elapsed().as_secs_f64()
+    ));
+    let modules = pick_modules(&unpacked, &version, &deb.path)?;
+    let module_bytes: u64 = modules.iter().map(|(_, d)| d.len() as u64).sum();
+    progress(&format!(
+        "modules: {} ({}): {}",
+        modules.len(),
+        size(module_bytes),
+        modules
+            .iter()
+            .map(|(n, _)| n.trim_end_matches(".ko"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    fs::remove_dir_all(&unpacked).map_err(ImageError::io(&unpacked))?;
+    Ok((version, modules))
 }
 
 fn point_current(images: &Path, key: &str) -> Result<(), ImageError> {

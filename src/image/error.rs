@@ -70,6 +70,27 @@ pub enum ImageError {
         source: ModuleError,
     },
 
+    #[error(
+        "cannot build the fast guest kernel: missing {}; run scripts/setup-host.sh \
+         (or `apt-get install -y {}`), or build with `castra image build --kernel debian`",
+        missing.iter().map(|(what, _)| what.as_str()).collect::<Vec<_>>().join(", "),
+        missing.iter().map(|(_, package)| package.as_str()).collect::<Vec<_>>().join(" ")
+    )]
+    KernelDeps {
+        /// (what is missing, the Debian package that has it)
+        missing: Vec<(String, String)>,
+    },
+
+    #[error(
+        "guest/kernel/castra.config asks for {what}, but `make allnoconfig` in {} dropped it \
+         (a dependency is off: add it to the fragment)",
+        tree.display()
+    )]
+    KernelConfig { tree: PathBuf, what: String },
+
+    #[error(transparent)]
+    Fragment(#[from] super::kconfig::FragmentError),
+
     #[error("extra file {guest:?}: {reason}")]
     ExtraFile { guest: String, reason: String },
 }

@@ -34,6 +34,9 @@ pub const MANIFEST_FORMAT: u32 = 1;
 /// Everything an image is built from, by content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inputs<'a> {
+    /// `fast` or `debian`.
+    pub kernel_kind: &'a str,
+    /// The Debian kernel package's sha256, or the fast kernel's key.
     pub kernel_deb_sha256: &'a str,
     pub busybox_sha256: &'a str,
     pub init_script: &'a str,
@@ -57,6 +60,7 @@ pub fn input_key(inputs: &Inputs<'_>) -> String {
         h.update(b"\n");
     };
     line("recipe", &RECIPE_VERSION.to_string());
+    line("kernel_kind", inputs.kernel_kind);
     line("kernel_deb", inputs.kernel_deb_sha256);
     line("busybox", inputs.busybox_sha256);
     line("init", inputs.init_script);
@@ -79,6 +83,9 @@ pub struct Manifest {
     /// Short hex content id: sha256 over the kernel's and initrd's hashes and
     /// the command line, first 16 hex digits.
     pub id: String,
+    /// `fast` (built from linux-source) or `debian` (the stock package).
+    #[serde(default = "debian")]
+    pub kernel: String,
     pub kernel_version: String,
     pub cmdline: String,
     pub kernel_size: u64,
@@ -90,14 +97,19 @@ pub struct Manifest {
     pub sources: Vec<String>,
 }
 
-/// The content id of an image from its parts' hashes.
-pub fn content_id(kernel_sha256: &str, initrd_sha256: &str, cmdline: &str) -> String {
+fn debian() -> String {
+    "debian".into()
+}
+
+/// The content id of an image from its parts' hashes: `<kind>-<16 hex>`, so
+/// the kernel choice shows wherever the id does (plans, launch records).
+pub fn content_id(kind: &str, kernel_sha256: &str, initrd_sha256: &str, cmdline: &str) -> String {
     let mut h = Sha256::new();
     for part in [kernel_sha256, initrd_sha256, cmdline] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
-    hex::encode(h.finalize())[..16].to_string()
+    format!("{kind}-{}", &hex::encode(h.finalize())[..16])
 }
 
 #[cfg(test)]
@@ -106,6 +118,7 @@ mod tests {
 
     fn inputs() -> Inputs<'static> {
         Inputs {
+            kernel_kind: "fast",
             kernel_deb_sha256: "aa",
             busybox_sha256: "bb",
             init_script: "#!/bin/sh\n",
@@ -125,6 +138,10 @@ mod tests {
         let changed = [
             Inputs {
                 kernel_deb_sha256: "ab",
+                ..inputs()
+            },
+            Inputs {
+                kernel_kind: "debian",
                 ..inputs()
             },
             Inputs {
@@ -190,9 +207,11 @@ mod tests {
 
     #[test]
     fn content_id_is_short_hex() {
-        let id = content_id("k", "i", "c");
-        assert_eq!(id.len(), 16);
-        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(id, content_id("k", "i", "c2"));
+        let id = content_id("fast", "k", "i", "c");
+        let hex = id.strip_prefix("fast-").unwrap();
+        assert_eq!(hex.len(), 16);
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(id, content_id("fast", "k", "i", "c2"));
+        assert!(content_id("debian", "k", "i", "c").starts_with("debian-"));
     }
 }

@@ -15,6 +15,8 @@ mod build;
 pub mod cpio;
 mod error;
 mod initramfs;
+pub mod kconfig;
+pub mod kernel;
 mod manifest;
 pub mod modules;
 pub mod prune;
@@ -24,7 +26,7 @@ mod store;
 pub use error::ImageError;
 pub use manifest::{INITRD_FILE, KERNEL_FILE, Manifest};
 pub use store::{
-    BuildOptions, DEFAULT_CMDLINE, DefaultImage, cache_root, current_manifest, locate,
+    BuildOptions, DEFAULT_CMDLINE, DefaultImage, KernelChoice, cache_root, current_manifest, locate,
 };
 
 /// Builds the default image, or reuses the one built from the same inputs.

@@ -24,15 +24,39 @@ pub struct DefaultImage {
     /// Base kernel command line; castra appends `castra.vm=<name> castra.broker_port=<port>`
     /// and, under TCG, `qemu::guest_clock::tcg_kernel_args_for_host()` (host-specific, so not part of `id`).
     pub cmdline: String,
-    /// Short hex content id (kernel + initrd + cmdline), for fingerprints.
+    /// Content id, `<kernel choice>-<16 hex>` (kernel + initrd + cmdline), for fingerprints.
     pub id: String,
+}
+
+/// Which kernel the default image boots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelChoice {
+    /// Built from Debian's linux-source-6.1 with `guest/kernel/castra.config` (`kernel.rs`).
+    #[default]
+    Fast,
+    /// Debian's stock `linux-image-amd64`, with its modules in the initramfs.
+    Debian,
+}
+
+impl KernelChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelChoice::Fast => "fast",
+            KernelChoice::Debian => "debian",
+        }
+    }
 }
 
 /// What `build` starts from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildOptions {
-    /// Rebuild even if an image with the same inputs exists.
+    /// Rebuild even if an image with the same inputs exists (the fast kernel too).
     pub force: bool,
+    /// The kernel to boot (the choice is part of the image id).
+    pub kernel: KernelChoice,
+    /// The kernel source tarball for the fast kernel (default: `kernel::SOURCE_TARBALL`).
+    pub kernel_source: Option<PathBuf>,
     /// A `linux-image-<version>-amd64` .deb to use instead of asking apt.
     pub kernel_deb: Option<PathBuf>,
     /// A static busybox binary or busybox-static .deb (default: the host's

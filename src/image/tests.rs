@@ -11,7 +11,8 @@ fn fake_image(root: &Path, key: &str, kernel_len: usize) -> PathBuf {
     let m = Manifest {
         format: manifest::MANIFEST_FORMAT,
         key: key.into(),
-        id: "0123456789abcdef".into(),
+        id: "fast-0123456789abcdef".into(),
+        kernel: "fast".into(),
         kernel_version: "6.1.0-56-amd64".into(),
         cmdline: DEFAULT_CMDLINE.into(),
         kernel_size: 10,
@@ -43,7 +44,7 @@ fn locate_finds_the_current_image() {
             kernel: dir.join("vmlinux"),
             initrd: dir.join("initrd.img"),
             cmdline: DEFAULT_CMDLINE.into(),
-            id: "0123456789abcdef".into(),
+            id: "fast-0123456789abcdef".into(),
         }
     );
 }

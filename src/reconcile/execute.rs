@@ -1,7 +1,6 @@
-//! Execute: carry out plan steps against real QEMUs. Independent VMs run in
-//! parallel (one thread each); every step is idempotent and re-checks what it
-//! needs (a stale pidfile, a leftover socket, a missing overlay) instead of
-//! trusting that the previous run finished.
+//! Execute: carry out plan steps against real QEMUs. Independent VMs run in parallel (one
+//! thread each); every step is idempotent and re-checks what it needs (a stale pidfile, a
+//! leftover socket, a missing overlay) instead of trusting that the previous run finished.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,9 +33,9 @@ pub use crate::qemu::fw_cfg::TOKEN_FW_CFG;
 /// The kernel command line of a kernel + root disk image that sets none.
 pub const DISK_ROOT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 
-/// Test seam, read only by tests: when set to a VM's name, the replacement
-/// launch of that VM's restart gets an argument QEMU refuses, so the new
-/// spec fails after the old VM stopped (and apply must roll back).
+/// Test seam, read only by tests: when set to a VM's name, the replacement launch of that
+/// VM's restart gets an argument QEMU refuses, so the new spec fails after the old VM
+/// stopped (and apply must roll back).
 pub const TEST_BREAK_RESTART_ENV: &str = "CASTRA_TEST_BREAK_RESTART";
 
 /// How a launch came about: a restart's replacement can be broken by the test seam.
@@ -284,6 +283,8 @@ impl<'a> Executor<'a> {
         if broken {
             args.push("-castra-test-break-restart".into());
         }
+        // Before the spawn: a handshake before QEMU's parent returns belongs to this launch.
+        let launched_at_ms = now_ms();
         let identity = process::launch(&qemu_binary(), &args, paths)?;
         let rec = LaunchRecord {
             spec: spec.clone(),
@@ -293,7 +294,7 @@ impl<'a> Executor<'a> {
             accel_reason: decision.reason.clone(),
             process: identity,
             qmp_socket: paths.qmp_socket(),
-            launched_at_ms: now_ms(),
+            launched_at_ms,
             castra_version: env!("CARGO_PKG_VERSION").into(),
             argv: std::iter::once(qemu_binary().to_string_lossy().into_owned())
                 .chain(args.iter().cloned())

@@ -24,6 +24,7 @@ pub struct LaunchRecord {
     pub process: ProcessIdentity,
     /// Absolute QMP socket path; also the marker that proves a pid is our QEMU.
     pub qmp_socket: PathBuf,
+    /// Unix ms just before QEMU was spawned (the boot timeline's first stage).
     pub launched_at_ms: u64,
     pub castra_version: String,
     /// The QEMU command line it was started with (secrets travel by file, never here).

@@ -7,6 +7,7 @@
 //! broker's state snapshot file, never from a live session.
 
 pub mod render;
+pub mod timeline;
 
 use serde::Serialize;
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ pub struct VmStatus {
     pub last_publish_age_ms: Option<u64>,
     /// The latest bootstrap (null: the VM has no bootstrap and never ran one).
     pub bootstrap: Option<BootstrapStatus>,
+    /// This launch's boot, stage by stage (null: no agent handshake with boot
+    /// marks since it launched). See docs/BOOT.md.
+    pub boot_timeline: Option<Vec<timeline::Stage>>,
 }
 
 /// `vms[].bootstrap` in `castra status --json`.
@@ -239,6 +243,9 @@ fn vm_status(o: &ObservedVm, declared: Option<&VmSpec>, guests: &Guests) -> VmSt
         bus_subscribed: guests.broker_up && running && entry.is_some_and(|e| e.bus_subscribed),
         last_publish_age_ms: entry.and_then(|e| age_ms(e.last_publish_ms, now_ms)),
         bootstrap: None,
+        boot_timeline: live_record
+            .zip(entry.and_then(|e| e.last_boot.as_ref()))
+            .and_then(|(r, b)| timeline::timeline(r.launched_at_ms, b)),
     }
 }
 

@@ -179,6 +179,7 @@ mod tests {
             bus_subscribed: false,
             last_publish_age_ms: None,
             bootstrap: None,
+            boot_timeline: None,
         }
     }
 

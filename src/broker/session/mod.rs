@@ -185,6 +185,10 @@ impl Session {
             TokenLookup::Unreadable(_) => return deny(Some(hello.vm), Reason::InternalError),
         };
         let wants_bus = hello.wants_bus();
+        let boot = (!hello.boot.is_empty()).then(|| Record::Boot {
+            vm: hello.vm.clone(),
+            marks: hello.boot.clone(),
+        });
         match &hello.token {
             Some(given) if tokens_match(secret.as_bytes(), given.as_bytes()) => {}
             Some(_) => return deny(Some(hello.vm), Reason::BadToken),
@@ -197,12 +201,14 @@ impl Session {
                 session: Some(self.id.clone()),
                 capabilities: hello.capabilities,
             };
+            let mut effects = vec![
+                Effect::Reply(Reply::Session(self.id.clone())),
+                Effect::Record(record),
+            ];
+            effects.extend(boot.map(Effect::Record));
             (
                 State::Open(Open::new(Client::Guest, hello.vm, self.id.clone(), now_ms)),
-                vec![
-                    Effect::Reply(Reply::Session(self.id.clone())),
-                    Effect::Record(record),
-                ],
+                effects,
             )
         } else {
             let record = Record::Granted {

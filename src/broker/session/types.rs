@@ -114,6 +114,12 @@ pub enum Record {
         session: Option<String>,
         capabilities: Vec<String>,
     },
+    /// The guest's boot marks from a granted hello (stage, guest uptime ms);
+    /// recorded right after its `Granted`.
+    Boot {
+        vm: String,
+        marks: Vec<(String, u64)>,
+    },
     /// Hello refused; `vm` when the line named one.
     Denied { vm: Option<String>, reason: Reason },
     /// No hello within the hello timeout.

@@ -4,8 +4,11 @@
 //! `server` and the agent.
 //!
 //! ```text
-//! hello vm:<name> [capabilities=<cap>[,<cap>...]] [token=<secret>]
+//! hello vm:<name> [capabilities=<cap>[,<cap>...]] [token=<secret>] [boot=<mark>:<ms>[,...]]
 //! ```
+//! `boot` carries the guest's boot marks (`init:412,net:450,agent:480,hello:530`):
+//! milliseconds of guest uptime at which each stage began, for the boot
+//! timeline (docs/BOOT.md). Mark names are `[a-z_]`.
 //! Words are separated by ASCII whitespace; a trailing `\r` is ignored. After
 //! `vm:<name>` come `key=value` words in any order; unknown keys are ignored,
 //! a word without `=` or a repeated known key is `malformed_hello`.
@@ -33,6 +36,8 @@ pub struct Hello {
     pub vm: String,
     pub capabilities: Vec<String>,
     pub token: Option<String>,
+    /// Guest boot marks: (stage, guest uptime in ms), in the order sent.
+    pub boot: Vec<(String, u64)>,
 }
 
 impl Hello {
@@ -51,6 +56,15 @@ impl Hello {
         if let Some(token) = &self.token {
             line.push_str(" token=");
             line.push_str(token);
+        }
+        if !self.boot.is_empty() {
+            let marks: Vec<String> = self
+                .boot
+                .iter()
+                .map(|(k, ms)| format!("{k}:{ms}"))
+                .collect();
+            line.push_str(" boot=");
+            line.push_str(&marks.join(","));
         }
         line
     }
@@ -77,6 +91,7 @@ pub fn parse(line: &[u8]) -> Result<Hello, Reason> {
     }
     let mut capabilities: Option<Vec<String>> = None;
     let mut token: Option<String> = None;
+    let mut boot: Option<Vec<(String, u64)>> = None;
     for word in words {
         let (key, value) = word.split_once('=').ok_or(Reason::MalformedHello)?;
         match key {
@@ -98,6 +113,12 @@ pub fn parse(line: &[u8]) -> Result<Hello, Reason> {
                 }
                 token = Some(value.to_owned());
             }
+            "boot" => {
+                if boot.is_some() {
+                    return Err(Reason::MalformedHello);
+                }
+                boot = Some(parse_marks(value).ok_or(Reason::MalformedHello)?);
+            }
             _ => {}
         }
     }
@@ -105,7 +126,22 @@ pub fn parse(line: &[u8]) -> Result<Hello, Reason> {
         vm: vm.to_owned(),
         capabilities: capabilities.unwrap_or_default(),
         token,
+        boot: boot.unwrap_or_default(),
     })
+}
+
+/// `init:412,agent:480` -> [("init", 412), ("agent", 480)].
+fn parse_marks(value: &str) -> Option<Vec<(String, u64)>> {
+    value
+        .split(',')
+        .map(|mark| {
+            let (name, ms) = mark.split_once(':')?;
+            let name_ok =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            let ms = ms.parse().ok()?;
+            name_ok.then(|| (name.to_owned(), ms))
+        })
+        .collect()
 }
 
 /// A VM name is safe to use as a directory name: `[A-Za-z0-9._-]`, at most
@@ -166,7 +202,10 @@ mod tests {
         let mut out = String::new();
         for case in cases {
             let result = match parse(case.as_bytes()) {
-                Ok(h) => format!("vm={} caps={:?} token={:?}", h.vm, h.capabilities, h.token),
+                Ok(h) if h.boot.is_empty() => {
+                    format!("vm={} caps={:?} token={:?}", h.vm, h.capabilities, h.token)
+                }
+                Ok(h) => format!("vm={} boot={:?}", h.vm, h.boot),
                 Err(r) => format!("error: {r}"),
             };
             let shown = if case.len() > 60 {
@@ -208,6 +247,11 @@ mod tests {
             "hello vm:.hidden",
             "hello vm:a/b",
             "hello vm:web_2.x",
+            "hello vm:web boot=init:412,net:450,agent:480,hello:530",
+            "hello vm:web boot=init:x",
+            "hello vm:web boot=Init:1",
+            "hello vm:web boot=init:1 boot=agent:2",
+            "hello vm:web boot=",
             &long_name,
             &too_long,
         ]), @r#"
@@ -235,6 +279,11 @@ mod tests {
             "hello vm:.hidden" -> error: malformed_hello
             "hello vm:a/b" -> error: malformed_hello
             "hello vm:web_2.x" -> vm=web_2.x caps=[] token=None
+            "hello vm:web boot=init:412,net:450,agent:480,hello:530" -> vm=web boot=[("init", 412), ("net", 450), ("agent", 480), ("hello", 530)]
+            "hello vm:web boot=init:x" -> error: malformed_hello
+            "hello vm:web boot=Init:1" -> error: malformed_hello
+            "hello vm:web boot=init:1 boot=agent:2" -> error: malformed_hello
+            "hello vm:web boot=" -> error: malformed_hello
             "hello vm:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"... (74 bytes) -> error: malformed_hello
             "hello vm:web x=yyyyyyyyyyyyyyyyyyyyyyyyy"... (615 bytes) -> error: line_too_long
             "#);
@@ -251,8 +300,18 @@ mod tests {
             vm: "web".into(),
             capabilities: vec!["bus-v1".into()],
             token: Some("t0k".into()),
+            boot: vec![],
         };
         assert_eq!(h.to_line(), "hello vm:web capabilities=bus-v1 token=t0k");
+        assert_eq!(parse(h.to_line().as_bytes()), Ok(h.clone()));
+        let h = Hello {
+            boot: vec![("init".into(), 412), ("hello".into(), 530)],
+            ..h
+        };
+        assert_eq!(
+            h.to_line(),
+            "hello vm:web capabilities=bus-v1 token=t0k boot=init:412,hello:530"
+        );
         assert_eq!(parse(h.to_line().as_bytes()), Ok(h));
     }
 
