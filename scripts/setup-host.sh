@@ -10,10 +10,12 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # python3: tests/docs.rs runs the Python guest client printed in docs/BUS.md.
-# linux-source-6.1 and the rest of the second line build the fast guest kernel
+# linux-source-6.1 and the rest of the third line build the fast guest kernel
 # (src/image/kernel.rs: make tinyconfig + guest/kernel/castra.config).
+# faketime: tests/bus_campaign.rs steps the broker's wall clock back while it runs.
+# g++: libFuzzer (the libfuzzer-sys crate) is C++, built by scripts/fuzz.sh.
 packages=(qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl
-  debootstrap e2fsprogs tmux python3 openssh-client
+  debootstrap e2fsprogs tmux python3 openssh-client faketime g++
   linux-source-6.1 make gcc libc6-dev bc bison flex libelf-dev perl tar)
 missing() { for pkg in "${packages[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"; done; }
 # Twice at most: installing one package can remove another that conflicts with it
@@ -56,7 +58,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in qemu-system-x86_64 qemu-img busybox cpio xz depmod nix nix-instantiate debootstrap mkfs.ext4 tmux python3 cargo make gcc bc bison flex; do
+for tool in qemu-system-x86_64 qemu-img busybox cpio xz depmod nix nix-instantiate debootstrap mkfs.ext4 tmux python3 faketime g++ cargo make gcc bc bison flex; do
   command -v "$tool" >/dev/null || { echo "setup: error: $tool is not on PATH after setup" >&2; exit 1; }
 done
 [ -f /usr/src/linux-source-6.1.tar.xz ] || { echo "setup: error: /usr/src/linux-source-6.1.tar.xz is missing (package linux-source-6.1)" >&2; exit 1; }

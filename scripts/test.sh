@@ -36,6 +36,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 phase_done set-up
 
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 cargo clippy --all-targets -- -D warnings
 # castra, the static guest agent and the default image the e2e tests boot.
 ./scripts/build.sh >/dev/null
@@ -50,3 +51,8 @@ CASTRA_BIN="$PWD/target/debug/castra" ./scripts/check-nix.sh | tee "$log/nix"
 # Benchmarks are left out on purpose: they run on demand (cargo bench).
 INSTA_UPDATE=no cargo test --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log/cargo"
 phase_done tests
+
+# A short coverage-guided fuzz run of every parser (docs/FUZZING.md; the long
+# run is `scripts/fuzz.sh --runs 10000000`).
+FUZZ_SECONDS=15 ./scripts/fuzz.sh
+phase_done fuzz

@@ -32,8 +32,8 @@ pub enum PublishError {
     InvalidJson(String),
     #[error("message is {size} bytes; the bus takes at most {limit} bytes per message")]
     TooLarge { size: usize, limit: usize },
-    #[error("the broker refused the publish: {reason}{}", hint(*reason))]
-    Refused { reason: Reason },
+    #[error("the broker refused the publish: {reason}{}{detail}", hint(*reason))]
+    Refused { reason: Reason, detail: String },
     #[error(
         "lost the broker on {socket} before the ack ({why}); the message may or may not be logged: check `castra bus tail`"
     )]
@@ -44,7 +44,7 @@ fn hint(reason: Reason) -> &'static str {
     match reason {
         Reason::InvalidTopic => " (a topic is 1..256 bytes without control characters)",
         Reason::StorageError => {
-            " (the bus log could not be synced; see <state_root>/broker/broker.log)"
+            " (the bus log could not be written or synced; see <state_root>/broker/broker.log)"
         }
         Reason::FrameTooLarge => " (the message exceeds the broker's frame limit)",
         _ => "",
@@ -100,8 +100,31 @@ pub fn publish(
         Ok(BrokerFrame::Ack {
             reason: Some(reason),
             ..
-        }) => Err(PublishError::Refused { reason }),
+        }) => Err(PublishError::Refused {
+            reason,
+            detail: refusal_detail(reason, socket),
+        }),
         Ok(_) | Err(_) => Err(no_ack(format!("unexpected reply {:?}", line.trim()))),
+    }
+}
+
+/// For `storage_error`: how much space the bus log's file system has left
+/// (the socket is `<state_root>/broker/broker.sock`, the log `<state_root>/logs/bus`).
+fn refusal_detail(reason: Reason, socket: &Path) -> String {
+    if reason != Reason::StorageError {
+        return String::new();
+    }
+    let Some(root) = socket.parent().and_then(Path::parent) else {
+        return String::new();
+    };
+    let dir = crate::layout::StateLayout::new(root).bus_log_dir();
+    match super::buslog::faults::free_bytes(&dir) {
+        Ok(free) if free < super::buslog::faults::SPACE_RESERVE * 2 => format!(
+            "; the file system of {} is full ({free} bytes free): free space there and \
+             publishing resumes",
+            dir.display()
+        ),
+        Ok(_) | Err(_) => String::new(),
     }
 }
 

@@ -7,23 +7,23 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_net::unix::{UnixListener, UnixStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use smol::Timer;
-
-use serde_json::Value;
 
 use super::buslog::Append;
 use super::conn;
 use super::context::{ConnGuard, Ctx, HOST_PUBLISH_TIMEOUT};
 use super::session::Record;
 use super::stamp::log;
-use super::wire::frame::{AckKind, BrokerFrame, ClientFrame};
+use super::wire::frame::{AckKind, BrokerFrame};
 use super::wire::hello::Reply;
 use super::wire::line::{LinePush, LineReader};
 use super::wire::reason::Reason;
+pub use super::wire::request::{HOST_REQUEST_OVERHEAD, SESSION_REQUEST};
+use super::wire::request::{HostPublish, HostRequest, parse_publish, parse_request};
 
 pub(super) async fn accept_host(ctx: Arc<Ctx>, listener: UnixListener) {
     loop {
@@ -62,10 +62,13 @@ async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
     let max = ctx.opts.frame_limit as usize + HOST_REQUEST_OVERHEAD;
     let mut reader = LineReader::new(max);
     let mut buf = vec![0u8; 16 * 1024];
+    // One deadline for the whole line: a client trickling a byte at a time
+    // does not hold the connection open past it.
+    let deadline = Instant::now() + HOST_REQUEST_TIMEOUT;
     let (line, rest) = loop {
         let n = async { stream.read(&mut buf).await.ok() }
             .or(async {
-                Timer::after(Duration::from_secs(5)).await;
+                Timer::at(deadline).await;
                 None
             })
             .await;
@@ -83,57 +86,33 @@ async fn serve_host(ctx: Arc<Ctx>, mut stream: UnixStream) {
             },
         }
     };
-    let text = String::from_utf8_lossy(&line);
-    let text = text.trim();
-    if text == SESSION_REQUEST {
-        conn::serve_host_session(ctx, stream, HOST_PEER, rest).await;
-        return;
-    }
-    if let Some(body) = text.strip_prefix("stream ") {
-        let body = body.to_owned();
-        super::stream::serve_host(ctx, stream, &body, rest).await;
-        return;
-    }
-    let reply = if text == "status" {
-        match ctx.recorder.status().await {
+    let reply = match parse_request(&line) {
+        HostRequest::Session => {
+            conn::serve_host_session(ctx, stream, HOST_PEER, rest).await;
+            return;
+        }
+        HostRequest::Stream(body) => {
+            super::stream::serve_host(ctx, stream, &body, rest).await;
+            return;
+        }
+        HostRequest::Status => match ctx.recorder.status().await {
             Some(json) => json,
             None => Reply::Error(Reason::InternalError).to_line(),
+        },
+        HostRequest::Publish(body) => {
+            let ack = host_publish(&ctx, &body).await;
+            serde_json::to_string(&ack).unwrap_or_default()
         }
-    } else if let Some(body) = text.strip_prefix("publish ") {
-        let ack = host_publish(&ctx, body).await;
-        serde_json::to_string(&ack).unwrap_or_default()
-    } else {
-        Reply::Error(Reason::UnknownRequest).to_line()
+        HostRequest::Unknown => Reply::Error(Reason::UnknownRequest).to_line(),
     };
     let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
 }
 
-/// The request line that opens a host bus session.
-pub const SESSION_REQUEST: &str = "session";
-
-/// Room for `publish ` and the request's own fields beyond the frame limit.
-pub const HOST_REQUEST_OVERHEAD: usize = 1024;
-
 async fn host_publish(ctx: &Ctx, body: &str) -> BrokerFrame {
-    let bad = |reason| BrokerFrame::ack_error(AckKind::Publish, reason, None);
-    let mut value: Value = match serde_json::from_str(body) {
-        Ok(v) => v,
-        Err(_) => return bad(Reason::InvalidJson),
+    let HostPublish { topic, payload, id } = match parse_publish(body, ctx.opts.frame_limit) {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
     };
-    let Some(obj) = value.as_object_mut() else {
-        return bad(Reason::InvalidJson);
-    };
-    obj.insert("type".into(), Value::from("publish"));
-    let (topic, payload, id) = match serde_json::from_value::<ClientFrame>(value) {
-        Ok(ClientFrame::Publish { topic, payload, id }) => (topic, payload, id),
-        Ok(_) | Err(_) => return bad(Reason::BadFrame),
-    };
-    if body.len() > ctx.opts.frame_limit as usize {
-        return BrokerFrame::ack_error(AckKind::Publish, Reason::FrameTooLarge, id);
-    }
-    if let Err(reason) = super::wire::topic::check(&topic) {
-        return BrokerFrame::ack_error(AckKind::Publish, reason, id);
-    }
     let (tx, rx) = smol::channel::bounded(1);
     let append = Append {
         vm: None,
@@ -162,6 +141,9 @@ async fn host_publish(ctx: &Ctx, body: &str) -> BrokerFrame {
         Err(reason) => BrokerFrame::ack_error(AckKind::Publish, reason, id),
     }
 }
+
+/// How long a host-socket client has to send its whole request line.
+pub const HOST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The peer recorded for host-socket requests (they have no address).
 const HOST_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);

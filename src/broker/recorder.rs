@@ -241,7 +241,13 @@ impl Worker {
     fn emit(&mut self, event: &Event, now: u64) {
         let mut line = event.json_line(now);
         line.push('\n');
+        let before = self.events.metadata().map(|m| m.len());
         if let Err(e) = self.events.write_all(line.as_bytes()) {
+            // A full disk may have taken part of the line: cut it off, or
+            // the next event would be glued to it.
+            if let Ok(len) = before {
+                let _ = self.events.set_len(len);
+            }
             log(&format!("cannot append to events.jsonl: {e}"));
         }
         let mut text = event.log_line(now);

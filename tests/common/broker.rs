@@ -59,6 +59,8 @@ pub struct Broker {
     pub root: PathBuf,
     pub port: u16,
     extra: Vec<String>,
+    /// Environment for the next (re)start (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -69,6 +71,7 @@ impl Broker {
             root: root.to_path_buf(),
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         b.restart();
         b
@@ -92,6 +95,7 @@ impl Broker {
             .arg("--port")
             .arg(self.port.to_string())
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -22,6 +22,7 @@
 //! committed record over.
 
 mod checkpoint;
+pub mod faults;
 pub mod follow;
 mod last;
 mod record;

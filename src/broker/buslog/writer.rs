@@ -20,12 +20,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, Checkpoint};
+use super::faults;
 use super::record::{Append, Committed, HOST, LogRecord, MAX_BATCH, Rotation, rotated_path};
 use crate::broker::stamp::{log, unix_ms};
 use crate::broker::wire::reason::Reason;
@@ -68,6 +69,8 @@ pub(super) struct Writer {
     last_sync: Duration,
     /// The last commit's timestamp: stamps never go back in a run.
     last_ts_ms: u64,
+    /// Whether the last commit was refused for want of space (logged once).
+    full: bool,
 }
 
 impl Writer {
@@ -93,6 +96,7 @@ impl Writer {
             recent: [0; 2],
             last_sync: Duration::ZERO,
             last_ts_ms: 0,
+            full: false,
         }
     }
 
@@ -160,6 +164,21 @@ impl Writer {
             records.push(rec);
             dones.push(a.done);
         }
+        let need = bufs.values().map(|b| b.len() as u64).sum();
+        if let Err(why) = faults::check_space(&self.layout.bus_log_dir(), need) {
+            if !self.full {
+                log(&format!("bus log: refusing publishes: {why}"));
+            }
+            self.full = true;
+            for done in dones {
+                done(Err(Reason::StorageError));
+            }
+            return;
+        }
+        if self.full {
+            self.full = false;
+            log("bus log: space was freed; publishing again");
+        }
         match self.write_all(&bufs) {
             Ok(()) => {
                 self.next_seq += records.len() as u64;
@@ -199,7 +218,7 @@ impl Writer {
                 }
             };
             before.push((key.clone(), log.len));
-            if let Err(e) = log.file.write_all(buf) {
+            if let Err(e) = faults::write_all(&mut log.file, buf) {
                 result = Err(format!("write: {e}"));
                 break;
             }
@@ -208,7 +227,7 @@ impl Writer {
         let synced = Instant::now();
         if result.is_ok()
             && let Some(all) = self.files.get(ALL)
-            && let Err(e) = all.file.sync_data()
+            && let Err(e) = faults::sync_data(&all.file)
         {
             result = Err(format!(
                 "fdatasync {}: {e}",
@@ -445,6 +464,7 @@ const FDATASYNC_MAX_FILES: usize = 2;
 ///   of any file on the filesystem, so an error is never missed (another
 ///   file's error may fail a checkpoint: a needless replay, never a loss).
 fn sync_all_data(files: &[&OpenLog]) -> io::Result<()> {
+    faults::before_checkpoint_sync()?;
     let fs: Vec<Option<u64>> = files.iter().map(|f| f.fs).collect();
     match (sync_plan(&fs), files.first()) {
         (SyncPlan::OneSyncfs, Some(first)) => {
@@ -476,6 +496,10 @@ fn sync_plan(fs: &[Option<u64>]) -> SyncPlan {
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+#[path = "writer_faults_tests.rs"]
+mod faults_tests;
 
 #[cfg(test)]
 mod tests {

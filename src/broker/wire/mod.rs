@@ -7,4 +7,5 @@ pub mod frame;
 pub mod hello;
 pub mod line;
 pub mod reason;
+pub mod request;
 pub mod topic;
