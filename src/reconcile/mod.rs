@@ -9,7 +9,9 @@
 pub mod apply;
 pub mod desired;
 pub mod execute;
+mod execute_host;
 pub mod holder;
+pub mod hosts;
 pub mod lock;
 pub mod observe;
 mod overlay;
@@ -19,4 +21,5 @@ pub mod preflight;
 pub mod record;
 pub mod secret;
 pub mod step_error;
+mod stop_words;
 pub mod watch;
