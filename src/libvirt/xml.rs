@@ -74,7 +74,7 @@ pub fn render(i: &DomainInputs) -> String {
     let _ = writeln!(x, "    <cmdline>{}</cmdline>", esc(i.cmdline));
     x.push_str("  </os>\n");
     x.push_str("  <features><acpi/></features>\n");
-    x.push_str("  <cpu mode='custom' match='exact'><model fallback='allow'>max</model></cpu>\n");
+    x.push_str("  <cpu mode='maximum' migratable='on'/>\n");
     x.push_str("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n");
     x.push_str("  <devices>\n");
     let _ = writeln!(

@@ -119,10 +119,16 @@ pub fn plan_only(project: &Project) -> Planned {
 
 /// The local backend's VMs, then what the libvirt hosts hold (`hosts.rs`).
 pub fn observe_project(project: &Project, depth: Depth) -> Observed {
+    observe_with(project, depth, depth)
+}
+
+/// Local VMs at `local` depth, hosts at `hosts` depth (`down` reads local
+/// state quickly but must ask hosts what runs before stopping it).
+fn observe_with(project: &Project, local: Depth, hosts_depth: Depth) -> Observed {
     let names: Vec<String> = project.vms.iter().map(|v| v.name.clone()).collect();
-    let mut observed = observe::observe(&StateLayout::new(&project.state_root), &names, depth);
+    let mut observed = observe::observe(&StateLayout::new(&project.state_root), &names, local);
     if !project.hosts.is_empty() {
-        let seen = hosts::snapshots(project, depth);
+        let seen = hosts::snapshots(project, hosts_depth);
         hosts::merge(project, &mut observed, &seen, crate::events::now_ms());
     }
     observed
@@ -275,7 +281,7 @@ pub fn down(
     only: &[String],
 ) -> Result<Vec<StepResult>, ApplyError> {
     let _lock = lock_project(project)?;
-    let observed = observe_project(project, Depth::Quick);
+    let observed = observe_with(project, Depth::Quick, Depth::Deep);
     for name in only {
         if observed.get(name).is_none() {
             return Err(ApplyError::UnknownVm(name.clone()));
@@ -310,7 +316,7 @@ pub fn down(
     let exec = Executor::new(project, reporter);
     let mut results = exec.run(&plan, &[], &observed);
     // The broker goes when no VM of the project runs any more.
-    let after = observe_project(project, Depth::Quick);
+    let after = observe_with(project, Depth::Quick, Depth::Deep);
     let any_running = after
         .vms
         .values()
