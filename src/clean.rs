@@ -38,10 +38,11 @@ pub fn candidates(layout: &StateLayout, observed: &Observed) -> (Vec<CleanItem>,
                     });
                 }
             }
-            VmState::Running { .. } | VmState::Broken { .. } => skipped.push(Skipped {
-                vm: name.clone(),
-                state: vm.state.word().into(),
-            }),
+            VmState::Running { .. } | VmState::Broken { .. } | VmState::Unknown { .. } => skipped
+                .push(Skipped {
+                    vm: name.clone(),
+                    state: vm.state.word().into(),
+                }),
         }
     }
     (items, skipped)
@@ -96,6 +97,7 @@ mod tests {
                     name: name.into(),
                     state,
                     record: None,
+                    host: None,
                 },
             );
         }

@@ -157,6 +157,7 @@ pub fn stage_words(stage: Stage) -> &'static str {
         Stage::Powerdown => "ACPI powerdown (cooperative)",
         Stage::Sigterm => "SIGTERM (guest ignored the power button)",
         Stage::Sigkill => "SIGKILL (QEMU ignored SIGTERM)",
+        Stage::Destroy => "virsh destroy (guest ignored the power button)",
     }
 }
 

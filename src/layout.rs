@@ -14,6 +14,10 @@
 //!     all.log                      every publish, one JSON object a line, in seq order
 //!     <vm>.log                     that VM's publishes (`host.log`: `castra bus publish`)
 //!     *.log.1 .. *.log.N           rotated generations (`.1` newest), by size
+//!   hosts/                         libvirt hosts ([hosts.NAME]) as last observed
+//!     targets.json                 the hosts and domain prefix the broker polls
+//!     host-<name>.json             HostSnapshot: reachable or why not, the project's
+//!                                  domains with state and record (atomic rename)
 //!   vms/<vm>/
 //!     launch.json                  LaunchRecord: spec + fingerprint + pid identity
 //!     qemu.pid                     pid written by QEMU (-pidfile)
@@ -22,6 +26,7 @@
 //!     qemu.log                     QEMU's own stderr
 //!     overlay.qcow2                copy-on-write overlay (disk images only)
 //!     fw_cfg.vm, fw_cfg.broker_port  name and broker port, by fw_cfg (opt/castra/vm, ...)
+//!     domain.xml                   the libvirt domain a host VM was created from (no secret)
 //!     token                        the VM's secret (0600); its existence makes the VM
 //!                                  known to the broker; passed to QEMU by fw_cfg
 //!     bootstrap.json               the latest bootstrap run: state, fingerprint, launch
@@ -39,6 +44,9 @@ pub const LOCK_FILE: &str = "lock";
 pub const EVENTS_FILE: &str = "events.jsonl";
 pub const PROJECT_INFO: &str = "project.json";
 pub const VMS_DIR: &str = "vms";
+pub const HOSTS_DIR: &str = "hosts";
+pub const HOST_TARGETS: &str = "targets.json";
+pub const DOMAIN_XML: &str = "domain.xml";
 pub const LAUNCH_RECORD: &str = "launch.json";
 pub const QEMU_PIDFILE: &str = "qemu.pid";
 pub const QMP_SOCKET: &str = "qmp.sock";
@@ -92,6 +100,18 @@ impl StateLayout {
     }
     pub fn vms_dir(&self) -> PathBuf {
         self.root.join(VMS_DIR)
+    }
+    /// `<state_root>/hosts`: what castra last saw on each libvirt host.
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.root.join(HOSTS_DIR)
+    }
+    /// The hosts the broker polls (written by apply and plan).
+    pub fn host_targets(&self) -> PathBuf {
+        self.hosts_dir().join(HOST_TARGETS)
+    }
+    /// One host's latest snapshot.
+    pub fn host_snapshot(&self, host: &str) -> PathBuf {
+        self.hosts_dir().join(format!("host-{host}.json"))
     }
     pub fn broker_dir(&self) -> PathBuf {
         self.root.join(BROKER_DIR)
@@ -159,6 +179,9 @@ impl VmPaths {
     }
     pub fn fw_broker_port(&self) -> PathBuf {
         self.dir.join(VM_FW_BROKER_PORT)
+    }
+    pub fn domain_xml(&self) -> PathBuf {
+        self.dir.join(DOMAIN_XML)
     }
     pub fn token(&self) -> PathBuf {
         self.dir.join(VM_TOKEN)

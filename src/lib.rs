@@ -16,6 +16,7 @@ pub mod events;
 pub mod fsutil;
 pub mod image;
 pub mod layout;
+pub mod libvirt;
 pub mod logs;
 pub mod qemu;
 pub mod reconcile;

@@ -12,6 +12,7 @@ pub mod events;
 pub mod frame_reader;
 pub mod host_client;
 pub mod host_socket;
+pub mod hosts_poller;
 pub mod hub;
 pub mod recorder;
 pub mod server;

@@ -108,6 +108,8 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         pid,
         port: opts.port,
     });
+    // libvirt hosts ([hosts.NAME]): keep their snapshots fresh for status.
+    super::hosts_poller::spawn(&layout);
 
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     std::thread::Builder::new()

@@ -98,7 +98,16 @@ fn show_plan(project: &Project, json: bool) -> io::Result<Shown> {
     } else {
         print_plan(plan, &pending)?;
     }
-    if !planned.preflight.is_empty() {
+    if !plan.unplanned.is_empty() {
+        eprintln!(
+            "error: {} VM(s) could not be planned: their host did not answer (the others are planned above)",
+            plan.unplanned.len()
+        );
+    }
+    if !planned.preflight.is_empty() || !plan.unplanned.is_empty() {
+        if planned.preflight.is_empty() {
+            return Ok(Shown::Problems);
+        }
         eprintln!(
             "{}\n\napply would refuse: it changes nothing until these are fixed",
             planned.preflight
@@ -280,7 +289,10 @@ fn print_outcome(outcome: &ApplyOutcome, unreachable: &[String]) -> io::Result<(
             fmt_ms(outcome.elapsed.as_millis() as u64)
         )?;
         for s in &outcome.remaining.steps {
-            outln!("  {s}")?;
+            outln!("  {}", outcome.remaining.step_line(s))?;
+        }
+        for u in &outcome.remaining.unplanned {
+            outln!("  {u}")?;
         }
     }
     Ok(())
@@ -365,9 +377,14 @@ fn plan_json(plan: &Plan, pending: &[Pending]) -> serde_json::Value {
             "action": s.action(),
             "vm": s.vm(),
             "reason": s.reason(),
-            "text": s.to_string(),
+            "host": plan.host_of(s.vm()).unwrap_or(crate::config::LOCAL_HOST),
+            "text": plan.step_line(s),
         })).collect::<Vec<_>>(),
         "unchanged": plan.unchanged,
+        "unplanned": plan.unplanned.iter().map(|u| json!({
+            "vm": u.vm,
+            "reason": u.why,
+        })).collect::<Vec<_>>(),
     })
 }
 

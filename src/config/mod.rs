@@ -15,6 +15,7 @@ mod diagnostic;
 mod discover;
 mod duration;
 mod forward;
+mod hosts;
 mod legacy;
 mod load;
 #[cfg(test)]

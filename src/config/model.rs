@@ -30,7 +30,32 @@ pub struct Project {
     /// Kept apart from [`VmSpec`] on purpose: changing a bootstrap never
     /// restarts a VM, it only reruns the bootstrap.
     pub bootstraps: std::collections::BTreeMap<String, BootstrapSpec>,
+    /// `[hosts.NAME]`: libvirt hosts, by name.
+    pub hosts: std::collections::BTreeMap<String, HostSpec>,
+    /// The host of each VM instance placed on one (`host = "NAME"`). A VM
+    /// missing here runs on the local direct-QEMU backend. Kept apart from
+    /// [`VmSpec`]: where a VM runs is not what it runs, so a fingerprint does
+    /// not change when a VM moves.
+    pub placement: std::collections::BTreeMap<String, String>,
 }
+
+impl Project {
+    /// The host a VM instance is placed on (`None`: local direct QEMU).
+    pub fn host_of(&self, vm: &str) -> Option<&HostSpec> {
+        self.placement.get(vm).and_then(|h| self.hosts.get(h))
+    }
+}
+
+/// `[hosts.NAME]`: a libvirt connection castra places VMs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSpec {
+    pub name: String,
+    /// The libvirt URI: `qemu:///system`, `qemu+tcp://ADDR/system`, `qemu+ssh://...`.
+    pub uri: String,
+}
+
+/// The name status and plan use for the direct-QEMU backend; no `[hosts.local]`.
+pub const LOCAL_HOST: &str = "local";
 
 /// Everything that defines how one VM instance is launched.
 ///

@@ -19,6 +19,15 @@ pub(crate) struct RawConfig {
     pub broker: Option<Spanned<RawBroker>>,
     pub lifecycle: Option<Spanned<RawLifecycle>>,
     pub bootstrap: Option<Spanned<RawBootstrap>>,
+    /// `[hosts.NAME]` tables, by name.
+    pub hosts: Option<std::collections::BTreeMap<Spanned<String>, Spanned<RawHost>>>,
+}
+
+/// `[hosts.NAME]`: a libvirt host VMs can be placed on (`host = "NAME"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHost {
+    pub uri: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +50,7 @@ pub(crate) struct RawVm {
     pub count: Option<Spanned<i64>>,
     pub bootstrap: Option<Spanned<RawBootstrap>>,
     pub shares: Option<Vec<Spanned<RawShare>>>,
+    pub host: Option<Spanned<String>>,
 }
 
 /// `shares = [{ host = "flake", guest = "/mnt/flake", tag = "flake", readonly = true }]`.

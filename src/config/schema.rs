@@ -26,6 +26,8 @@ enum Kind {
     Table(&'static Section),
     /// An array of tables: `[[vms]]`.
     Tables(&'static Section),
+    /// A table of named tables: `[hosts.NAME]`.
+    NamedTables(&'static Section),
 }
 
 struct Section {
@@ -52,7 +54,17 @@ static ROOT: Section = Section {
         field("broker", Kind::Table(&BROKER), "[broker]"),
         field("lifecycle", Kind::Table(&LIFECYCLE), "[lifecycle]"),
         field("bootstrap", Kind::Table(&BOOTSTRAP), "[bootstrap]"),
+        field("hosts", Kind::NamedTables(&HOST), "[hosts.NAME]"),
     ],
+};
+
+static HOST: Section = Section {
+    title: "[hosts.NAME]",
+    fields: &[field(
+        "uri",
+        Kind::Str,
+        "uri = \"qemu+tcp://10.0.0.2/system\"",
+    )],
 };
 
 static PROJECT: Section = Section {
@@ -74,6 +86,7 @@ static VMS: Section = Section {
         field("accel", Kind::Str, "accel = \"auto\""),
         field("forwards", Kind::StrArray, "forwards = [\"8080:80\"]"),
         field("count", Kind::Int, "count = 3"),
+        field("host", Kind::Str, "host = \"a\""),
         field(
             "bootstrap",
             Kind::Table(&BOOTSTRAP),
@@ -226,7 +239,7 @@ fn fits(kind: Kind, v: &DeValue<'_>) -> bool {
         Kind::Bool => v.is_bool(),
         Kind::Size => v.is_str() || v.is_integer(),
         Kind::StrArray => v.as_array().is_some(),
-        Kind::StrMap | Kind::Table(_) => v.as_table().is_some(),
+        Kind::StrMap | Kind::Table(_) | Kind::NamedTables(_) => v.as_table().is_some(),
         Kind::Image => v.is_str() || v.as_table().is_some(),
         Kind::Tables(_) => v.as_array().is_some() || v.as_table().is_some(),
     }
@@ -243,6 +256,7 @@ fn kind_words(kind: Kind) -> &'static str {
         Kind::Image => "\"default\" or a table",
         Kind::Table(_) => "a table",
         Kind::Tables(_) => "an array of tables",
+        Kind::NamedTables(_) => "a table of tables",
     }
 }
 
@@ -362,6 +376,33 @@ fn check_value(value: &Spanned<DeValue<'_>>, f: &Field, section: &Section, out: 
                     .help(format!("write each entry as {} (double brackets)", f.example)),
             ),
             None => out.push(wrong("an array of tables")),
+        },
+        Kind::NamedTables(s) => match v.as_table() {
+            Some(t) => {
+                for (name, item) in t.iter() {
+                    match item.get_ref().as_table() {
+                        Some(t) => check_table(t, s, out),
+                        None => out.push(
+                            Problem::new(
+                                format!(
+                                    "[{}.{}] must be a table, found {}",
+                                    f.key,
+                                    name.get_ref(),
+                                    article(item.get_ref())
+                                ),
+                                item.span(),
+                            )
+                            .help(format!(
+                                "write it as a table: [{}.{}] then {}",
+                                f.key,
+                                name.get_ref(),
+                                s.fields[0].example
+                            )),
+                        ),
+                    }
+                }
+            }
+            None => out.push(wrong("a table of tables")),
         },
     }
 }

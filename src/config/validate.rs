@@ -110,6 +110,13 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
         }
     }
 
+    let declared_hosts: Vec<String> = raw
+        .hosts
+        .iter()
+        .flat_map(|h| h.keys().map(|k| k.get_ref().clone()))
+        .collect();
+    let hosts = super::hosts::check(raw.hosts, &mut problems);
+    let mut placement = std::collections::BTreeMap::new();
     let default_bootstrap = raw
         .bootstrap
         .map(|b| super::bootstrap::check(b, &origin.root_dir, &mut problems));
@@ -123,7 +130,18 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
             .take()
             .map(|b| super::bootstrap::check(b, &origin.root_dir, &mut problems));
         let base = inner.name.as_ref().map(|n| n.get_ref().clone());
+        let host = super::hosts::placement(
+            inner.host.take().as_ref(),
+            &hosts,
+            &declared_hosts,
+            &mut problems,
+        );
         let made = vm_instances(Spanned::new(span, inner), origin, &mut problems);
+        if let Some(host) = host {
+            for inst in &made {
+                placement.insert(inst.spec.name.clone(), host.clone());
+            }
+        }
         if let Some(base) = base
             && let Some(spec) = super::bootstrap::merge(
                 &base,
@@ -154,6 +172,8 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
         broker,
         lifecycle,
         bootstraps,
+        hosts,
+        placement,
     })
 }
 

@@ -34,6 +34,8 @@ pub enum Stage {
     Powerdown,
     Sigterm,
     Sigkill,
+    /// A libvirt domain that ignored the power button: `virsh destroy`.
+    Destroy,
 }
 
 impl Stage {
@@ -43,6 +45,7 @@ impl Stage {
             Stage::Powerdown => "powerdown",
             Stage::Sigterm => "sigterm",
             Stage::Sigkill => "sigkill",
+            Stage::Destroy => "destroy",
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::layout::StateLayout;
 use super::desired::{self, DesiredVm};
 use super::execute::{Executor, StepResult};
 use super::holder::{self, ProjectInfo};
+use super::hosts;
 use super::lock::{self, LockError, ProjectLock};
 use super::observe::{self, Depth, Observed, VmState};
 use super::plan::{self, BrokerStep, Plan};
@@ -49,7 +50,9 @@ pub struct ApplyOutcome {
 
 impl ApplyOutcome {
     pub fn converged(&self) -> bool {
-        self.remaining.is_empty() && self.results.iter().all(|r| r.ok)
+        self.remaining.is_empty()
+            && self.remaining.unplanned.is_empty()
+            && self.results.iter().all(|r| r.ok)
     }
     /// Converged, and every bootstrap it ran succeeded.
     pub fn ok(&self) -> bool {
@@ -114,9 +117,21 @@ pub fn plan_only(project: &Project) -> Planned {
     }
 }
 
+/// The local backend's VMs, then what the libvirt hosts hold (`hosts.rs`).
 pub fn observe_project(project: &Project, depth: Depth) -> Observed {
+    observe_with(project, depth, depth)
+}
+
+/// Local VMs at `local` depth, hosts at `hosts` depth (`down` reads local
+/// state quickly but must ask hosts what runs before stopping it).
+fn observe_with(project: &Project, local: Depth, hosts_depth: Depth) -> Observed {
     let names: Vec<String> = project.vms.iter().map(|v| v.name.clone()).collect();
-    observe::observe(&StateLayout::new(&project.state_root), &names, depth)
+    let mut observed = observe::observe(&StateLayout::new(&project.state_root), &names, local);
+    if !project.hosts.is_empty() {
+        let seen = hosts::snapshots(project, hosts_depth);
+        hosts::merge(project, &mut observed, &seen, crate::events::now_ms());
+    }
+    observed
 }
 
 /// Take the project lock, telling the user when another castra holds it.
@@ -162,6 +177,7 @@ pub fn apply(
             broker_port: project.broker.port,
         },
     );
+    hosts::write_targets(project);
     let resolved = bootstrap::resolve(project);
     let pending = pending_for(project, &resolved, &plan, &observed);
     on_plan(&plan, &pending);
@@ -265,7 +281,7 @@ pub fn down(
     only: &[String],
 ) -> Result<Vec<StepResult>, ApplyError> {
     let _lock = lock_project(project)?;
-    let observed = observe_project(project, Depth::Quick);
+    let observed = observe_with(project, Depth::Quick, Depth::Deep);
     for name in only {
         if observed.get(name).is_none() {
             return Err(ApplyError::UnknownVm(name.clone()));
@@ -280,18 +296,27 @@ pub fn down(
         .filter(|o| match o.state {
             VmState::Running { .. } | VmState::Broken { .. } => true,
             VmState::Stopped { .. } => o.record.is_some(),
+            // Its host does not answer: nothing can be stopped there now.
+            VmState::Unknown { .. } => false,
         })
         .map(|o| plan::Step::Stop { vm: o.name.clone() })
         .collect();
+    let hosts = steps
+        .iter()
+        .filter_map(|s| {
+            let host = observed.get(s.vm())?.host.clone()?;
+            Some((s.vm().to_owned(), host))
+        })
+        .collect();
     let plan = Plan {
-        broker: None,
         steps,
-        unchanged: Vec::new(),
+        hosts,
+        ..Plan::default()
     };
     let exec = Executor::new(project, reporter);
     let mut results = exec.run(&plan, &[], &observed);
     // The broker goes when no VM of the project runs any more.
-    let after = observe_project(project, Depth::Quick);
+    let after = observe_with(project, Depth::Quick, Depth::Deep);
     let any_running = after
         .vms
         .values()

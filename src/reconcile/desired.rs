@@ -12,6 +12,8 @@ pub struct DesiredVm {
     pub spec: VmSpec,
     pub image_id: String,
     pub fingerprint: String,
+    /// The libvirt host it is placed on (`None`: local direct QEMU).
+    pub host: Option<String>,
 }
 
 /// Desired VMs in config order. A default image that is not built yet gets an
@@ -36,6 +38,7 @@ pub fn resolve(project: &Project) -> Vec<DesiredVm> {
             fingerprint: fingerprint(spec, &image_id),
             spec: spec.clone(),
             image_id,
+            host: project.placement.get(&spec.name).cloned(),
         });
     }
     out

@@ -27,6 +27,7 @@ use super::plan::{Plan, Step};
 use super::record::{self, LaunchRecord};
 use super::secret;
 use super::step_error::StepError;
+use super::stop_words::{launched_words, shutdown_words, stage_detail};
 
 pub use crate::qemu::fw_cfg::TOKEN_FW_CFG;
 
@@ -117,7 +118,7 @@ impl<'a> Executor<'a> {
                 Some(want) => {
                     let previous = seen.and_then(|s| s.record.as_ref()).map(|r| &r.spec.image);
                     self.start(want, previous, Launch::Fresh)
-                        .map(|pid| format!("pid {pid}"))
+                        .map(|pid| launched_words(want, pid))
                 }
             },
             Step::Restart { .. } => match want {
@@ -146,7 +147,7 @@ impl<'a> Executor<'a> {
         self.stop(vm, seen)?;
         let previous = record.as_ref().map(|r| &r.spec.image);
         let error = match self.start(want, previous, Launch::Replacement) {
-            Ok(pid) => return Ok(format!("pid {pid}")),
+            Ok(pid) => return Ok(launched_words(want, pid)),
             Err(e) => e,
         };
         let Some(rec) = record else {
@@ -156,6 +157,7 @@ impl<'a> Executor<'a> {
             spec: rec.spec,
             image_id: rec.image_id,
             fingerprint: rec.fingerprint,
+            host: rec.host,
         };
         match self.start(&old, Some(&want.spec.image), Launch::Rollback) {
             Ok(pid) => {
@@ -208,6 +210,9 @@ impl<'a> Executor<'a> {
         paths: &VmPaths,
         t0: Instant,
     ) -> Result<i32, StepError> {
+        if let Some(host) = &want.host {
+            return self.start_on_host(want, host, paths, t0).map(|()| 0);
+        }
         let spec = &want.spec;
         let vm = spec.name.as_str();
         create_private_dir(&paths.dir)?;
@@ -299,6 +304,7 @@ impl<'a> Executor<'a> {
             argv: std::iter::once(qemu_binary().to_string_lossy().into_owned())
                 .chain(args.iter().cloned())
                 .collect(),
+            host: None,
         };
         record::write(&paths.launch_record(), &rec)?;
         wait_running(vm, &paths.qmp_socket(), RUNNING_TIMEOUT, paths)?;
@@ -445,6 +451,9 @@ impl<'a> Executor<'a> {
 
     /// Stop one VM with the shutdown ladder and remove its runtime files.
     pub fn stop(&self, vm: &str, seen: Option<&ObservedVm>) -> Result<ShutdownOutcome, StepError> {
+        if let Some(host) = seen.and_then(|s| s.host.as_deref()) {
+            return self.stop_on_host(vm, host);
+        }
         let paths = self.layout.vm(vm);
         let marker = paths.qmp_socket();
         let identity = seen
@@ -506,31 +515,6 @@ fn orphan_identity(paths: &VmPaths) -> Option<ProcessIdentity> {
         .parse()
         .ok()?;
     process::identity_of(pid)
-}
-
-fn shutdown_words(ev: &ShutdownEvent) -> Option<(&'static str, String)> {
-    match ev {
-        ShutdownEvent::PowerdownSent => {
-            Some(("powerdown", "sent ACPI power button over QMP".into()))
-        }
-        ShutdownEvent::QmpUnavailable { reason } => Some((
-            "powerdown",
-            format!("QMP unavailable ({reason}); skipping to SIGTERM"),
-        )),
-        ShutdownEvent::SigtermSent => Some((
-            "sigterm",
-            "guest did not power off in time; sent SIGTERM".into(),
-        )),
-        ShutdownEvent::SigkillSent => Some((
-            "sigkill",
-            "QEMU did not exit after SIGTERM; sent SIGKILL".into(),
-        )),
-        ShutdownEvent::Exited { .. } => None,
-    }
-}
-
-fn stage_detail(o: &ShutdownOutcome) -> String {
-    format!("stopped by {}", crate::events::stage_words(o.stopped_by))
 }
 
 /// Poll QMP until `query-status` says running.

@@ -9,7 +9,9 @@
 pub mod apply;
 pub mod desired;
 pub mod execute;
+mod execute_host;
 pub mod holder;
+pub mod hosts;
 mod launch_prep;
 pub mod lock;
 pub mod observe;
@@ -20,4 +22,5 @@ pub mod preflight;
 pub mod record;
 pub mod secret;
 pub mod step_error;
+mod stop_words;
 pub mod watch;

@@ -30,9 +30,19 @@ pub const QMP_OBSERVE_TIMEOUT: Duration = Duration::from_millis(800);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum VmState {
-    Running { pid: i32 },
-    Stopped { why: String },
-    Broken { reasons: Vec<String> },
+    Running {
+        pid: i32,
+    },
+    Stopped {
+        why: String,
+    },
+    Broken {
+        reasons: Vec<String>,
+    },
+    /// Its host did not answer: castra cannot say (`host NAME unreachable: reason`).
+    Unknown {
+        why: String,
+    },
 }
 
 impl VmState {
@@ -41,6 +51,7 @@ impl VmState {
             VmState::Running { .. } => "running",
             VmState::Stopped { .. } => "stopped",
             VmState::Broken { .. } => "broken",
+            VmState::Unknown { .. } => "unknown",
         }
     }
 }
@@ -51,6 +62,9 @@ pub struct ObservedVm {
     pub state: VmState,
     /// The launch record, when one could be read.
     pub record: Option<LaunchRecord>,
+    /// The libvirt host it was found on (or, when unknown, placed on);
+    /// `None`: the local direct-QEMU backend.
+    pub host: Option<String>,
 }
 
 /// Every VM of the project (those in castra.toml and those with state on
@@ -116,6 +130,7 @@ pub fn observe_vm(name: &str, paths: &VmPaths, depth: Depth) -> ObservedVm {
                     reasons: vec![e.to_string()],
                 },
                 record: None,
+                host: None,
             };
         }
     };
@@ -127,6 +142,7 @@ pub fn observe_vm(name: &str, paths: &VmPaths, depth: Depth) -> ObservedVm {
         name: name.to_owned(),
         state,
         record,
+        host: None,
     }
 }
 
@@ -290,6 +306,7 @@ mod tests {
             launched_at_ms: 0,
             castra_version: "test".into(),
             argv: vec![],
+            host: None,
         }
     }
 

@@ -96,12 +96,22 @@ impl Step {
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.render(f, None)
+    }
+}
+
+impl Step {
+    /// `+ start web on b (reason)`: `host` is where the step acts (none: local QEMU).
+    fn render(&self, f: &mut fmt::Formatter<'_>, host: Option<&str>) -> fmt::Result {
         let sign = match self {
             Step::Start { .. } => '+',
             Step::Restart { .. } => '~',
             Step::Stop { .. } => '-',
         };
         write!(f, "{sign} {} {}", self.action(), self.vm())?;
+        if let Some(h) = host {
+            write!(f, " on {h}")?;
+        }
         let reason = self.reason();
         if !reason.is_empty() {
             write!(f, " ({reason})")?;
@@ -134,16 +144,55 @@ pub struct Plan {
     pub broker: Option<BrokerStep>,
     pub steps: Vec<Step>,
     pub unchanged: Vec<String>,
+    /// Where each step acts, for VMs on a libvirt host (start/restart: the
+    /// host it is placed on; stop: the host it runs on).
+    pub hosts: std::collections::BTreeMap<String, String>,
+    /// VMs nothing can be decided for: their host did not answer.
+    pub unplanned: Vec<Unplanned>,
+}
+
+/// A VM left out of the plan because its host is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplanned {
+    pub vm: String,
+    /// `host b (qemu+tcp://10.0.0.2/system) unreachable: ...`
+    pub why: String,
+}
+
+impl fmt::Display for Unplanned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "! {} not planned: {}", self.vm, self.why)
+    }
 }
 
 impl Plan {
+    /// No step to take (unplanned VMs are not steps: see [`Plan::unplanned`]).
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty() && self.broker.is_none()
+    }
+
+    /// The host a step acts on, for display.
+    pub fn host_of(&self, vm: &str) -> Option<&str> {
+        self.hosts.get(vm).map(String::as_str)
+    }
+
+    /// One step as the plan prints it (`+ start web on b`).
+    pub fn step_line(&self, step: &Step) -> String {
+        struct Line<'a>(&'a Step, Option<&'a str>);
+        impl fmt::Display for Line<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.render(f, self.1)
+            }
+        }
+        Line(step, self.host_of(step.vm())).to_string()
     }
 }
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for u in &self.unplanned {
+            writeln!(f, "{u}")?;
+        }
         if self.is_empty() {
             return write!(
                 f,
@@ -155,7 +204,7 @@ impl fmt::Display for Plan {
             writeln!(f, "{b}")?;
         }
         for step in &self.steps {
-            writeln!(f, "{step}")?;
+            writeln!(f, "{}", self.step_line(step))?;
         }
         if let Some(b @ BrokerStep::Stop) = &self.broker {
             writeln!(f, "{b}")?;
@@ -168,7 +217,11 @@ impl fmt::Display for Plan {
             count("restart"),
             count("stop"),
             self.unchanged.len()
-        )
+        )?;
+        if !self.unplanned.is_empty() {
+            write!(f, ", {} not planned", self.unplanned.len())?;
+        }
+        Ok(())
     }
 }
 
@@ -181,7 +234,25 @@ pub fn plan(desired: &[DesiredVm], observed: &Observed) -> Plan {
         let seen = observed.get(name);
         let state = seen.map(|o| &o.state);
         let record = seen.and_then(|o| o.record.as_ref());
+        if let Some(h) = &want.host {
+            out.hosts.insert(name.clone(), h.clone());
+        }
+        let seen_host = seen.and_then(|o| o.host.clone());
         match state {
+            Some(VmState::Unknown { why }) => out.unplanned.push(Unplanned {
+                vm: name.clone(),
+                why: why.clone(),
+            }),
+            Some(VmState::Running { .. }) if seen_host != want.host => {
+                out.steps.push(Step::Restart {
+                    vm: name.clone(),
+                    why: RestartWhy::Drift(vec![FieldChange {
+                        field: "host",
+                        from: host_word(seen_host.as_deref()),
+                        to: host_word(want.host.as_deref()),
+                    }]),
+                });
+            }
             None | Some(VmState::Stopped { .. }) => {
                 let why = match (state, record) {
                     (Some(VmState::Stopped { why }), Some(_)) => StartWhy::Exited(why.clone()),
@@ -222,6 +293,15 @@ pub fn plan(desired: &[DesiredVm], observed: &Observed) -> Plan {
         let live = matches!(seen.state, VmState::Running { .. } | VmState::Broken { .. });
         if !wanted && live {
             out.steps.push(Step::Stop { vm: name.clone() });
+            if let Some(h) = &seen.host {
+                out.hosts.insert(name.clone(), h.clone());
+            }
+        }
+        if let (false, VmState::Unknown { why }) = (wanted, &seen.state) {
+            out.unplanned.push(Unplanned {
+                vm: name.clone(),
+                why: why.clone(),
+            });
         }
     }
     out.broker = match (&observed.broker, desired.is_empty()) {
@@ -259,6 +339,11 @@ pub fn diff(old: &VmSpec, old_image: &str, new: &VmSpec, new_image: &str) -> Vec
     push("forwards", forwards_words(old), forwards_words(new));
     push("shares", shares_words(old), shares_words(new));
     out
+}
+
+/// A host as the plan names it: its name, or `local` for direct QEMU.
+fn host_word(host: Option<&str>) -> String {
+    host.unwrap_or(crate::config::LOCAL_HOST).to_owned()
 }
 
 fn short(id: &str) -> String {

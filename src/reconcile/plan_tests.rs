@@ -29,6 +29,7 @@ fn want(s: VmSpec) -> DesiredVm {
         fingerprint: fingerprint(&s, "img1"),
         image_id: "img1".into(),
         spec: s,
+        host: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn record(s: VmSpec, image_id: &str) -> LaunchRecord {
         launched_at_ms: 0,
         castra_version: "0".into(),
         argv: vec![],
+        host: None,
     }
 }
 
@@ -57,6 +59,7 @@ fn seen(name: &str, state: VmState, rec: Option<LaunchRecord>) -> (String, Obser
             name: name.into(),
             state,
             record: rec,
+            host: None,
         },
     )
 }
@@ -226,4 +229,56 @@ fn an_offline_broker_is_started_first_and_stopped_when_nothing_is_declared() {
         "#);
     // Nothing declared and nothing running: the broker is not started.
     assert!(plan(&[], &Observed::default()).is_empty());
+}
+
+fn on(host: &str, mut d: DesiredVm) -> DesiredVm {
+    d.host = Some(host.into());
+    d
+}
+
+fn seen_on(
+    host: &str,
+    name: &str,
+    state: VmState,
+    rec: Option<LaunchRecord>,
+) -> (String, ObservedVm) {
+    let (n, mut o) = seen(name, state, rec);
+    o.host = Some(host.into());
+    (n, o)
+}
+
+#[test]
+fn host_vms_show_their_host_and_an_unreachable_host_leaves_only_its_vms_out() {
+    let a = spec("a1", "256M");
+    insta::assert_snapshot!(check(
+        vec![
+            want(spec("web", "256M")),
+            on("a", want(a.clone())),
+            on("a", want(spec("a2", "256M"))),
+            on("b", want(spec("b1", "256M"))),
+        ],
+        vec![
+            seen_on("a", "a1", running(), Some(record(a, "img1"))),
+            seen_on("b", "b1", VmState::Unknown { why: "host b unreachable (qemu+tcp://10.9.9.9/system): Connection refused".into() }, None),
+            seen_on("a", "old", running(), Some(record(spec("old", "256M"), "img1"))),
+        ],
+    ), @r#"
+        ! b1 not planned: host b unreachable (qemu+tcp://10.9.9.9/system): Connection refused
+        + start web
+        + start a2 on a
+        - stop old on a (removed from castra.toml)
+        plan: 2 to start, 0 to restart, 1 to stop, 1 unchanged, 1 not planned
+        "#);
+}
+
+#[test]
+fn a_vm_placed_on_another_host_restarts_there() {
+    let s = spec("web", "256M");
+    insta::assert_snapshot!(check(
+        vec![on("b", want(s.clone()))],
+        vec![seen("web", running(), Some(record(s, "img1")))],
+    ), @r#"
+        ~ restart web on b (host local -> b)
+        plan: 0 to start, 1 to restart, 0 to stop, 0 unchanged
+        "#);
 }

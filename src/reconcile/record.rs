@@ -30,6 +30,11 @@ pub struct LaunchRecord {
     /// The QEMU command line it was started with (secrets travel by file, never here).
     #[serde(default)]
     pub argv: Vec<String>,
+    /// The libvirt host it runs on (`[hosts.NAME]`); absent for direct QEMU.
+    /// A libvirt VM's record lives in its domain's metadata, its `process`
+    /// is zero and its `qmp_socket` empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Fingerprint of what a VM is launched with: the spec plus the image content.

@@ -20,6 +20,15 @@ pub enum StepError {
     /// A start or restart of a VM castra.toml no longer declares.
     #[error("not in castra.toml")]
     NotDeclared,
+    /// A libvirt host refused or did not answer (`what`: the action).
+    #[error("vm {vm:?} on host {host} ({uri}): {what}: {error}")]
+    Host {
+        vm: String,
+        host: String,
+        uri: String,
+        what: String,
+        error: String,
+    },
     #[error(transparent)]
     Dir(#[from] CreateDirError),
     #[error(transparent)]

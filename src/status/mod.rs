@@ -47,6 +47,8 @@ pub struct BrokerStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct VmStatus {
     pub name: String,
+    /// The host it runs on (`[hosts.NAME]`), or `local` for direct QEMU.
+    pub host: String,
     /// `running`, `stopped` or `broken`.
     pub state: String,
     /// Why it is stopped or broken (empty when running).
@@ -208,12 +210,24 @@ fn vm_status(o: &ObservedVm, declared: Option<&VmSpec>, guests: &Guests) -> VmSt
     // While running, show what it runs with; otherwise what castra.toml asks for.
     let spec = live_record.map(|r| &r.spec).or(declared);
     let (pid, reasons) = match &o.state {
+        // A libvirt domain's QEMU pid is the host's, not castra's: null.
+        VmState::Running { .. } | VmState::Broken { .. } if o.host.is_some() => (
+            None,
+            match &o.state {
+                VmState::Broken { reasons } => reasons.clone(),
+                _ => Vec::new(),
+            },
+        ),
         VmState::Running { pid } => (Some(*pid), Vec::new()),
-        VmState::Stopped { why } => (None, vec![why.clone()]),
+        VmState::Stopped { why } | VmState::Unknown { why } => (None, vec![why.clone()]),
         VmState::Broken { reasons } => (o.record.as_ref().map(|r| r.process.pid), reasons.clone()),
     };
     VmStatus {
         name: o.name.clone(),
+        host: o
+            .host
+            .clone()
+            .unwrap_or_else(|| crate::config::LOCAL_HOST.into()),
         state: o.state.word().into(),
         reasons,
         in_config: declared.is_some(),
@@ -278,6 +292,7 @@ mod tests {
                 why: "not running".into(),
             },
             record: None,
+            host: None,
         };
         let v = vm_status(&stopped, None, &guests);
         assert_eq!(

@@ -161,6 +161,7 @@ mod tests {
     fn vm(name: &str, state: &str) -> VmStatus {
         VmStatus {
             name: name.into(),
+            host: "local".into(),
             state: state.into(),
             reasons: vec![],
             in_config: true,

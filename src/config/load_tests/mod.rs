@@ -13,6 +13,7 @@ mod bootstrap;
 mod errors;
 mod files;
 mod forwards;
+mod hosts;
 mod keys;
 mod template;
 
