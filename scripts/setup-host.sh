@@ -10,8 +10,10 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # python3: tests/docs.rs runs the Python guest client printed in docs/BUS.md.
+# redis-server, mosquitto, nats-server: the peers `cargo bench --bench bus`
+# measures the bus against (Redis 7 `appendfsync always` is its baseline).
 packages=(qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl
-  debootstrap e2fsprogs tmux python3)
+  debootstrap e2fsprogs tmux python3 redis-server mosquitto nats-server)
 missing() { for pkg in "${packages[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"; done; }
 # Twice at most: installing one package can remove another that conflicts with it
 # (qemu-system-x86 from bookworm removes a backported qemu-utils), and the second
@@ -53,7 +55,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in qemu-system-x86_64 qemu-img busybox cpio xz depmod nix nix-instantiate debootstrap mkfs.ext4 tmux python3 cargo; do
+for tool in qemu-system-x86_64 qemu-img busybox cpio xz depmod nix nix-instantiate debootstrap mkfs.ext4 tmux python3 redis-server mosquitto nats-server cargo; do
   command -v "$tool" >/dev/null || { echo "setup: error: $tool is not on PATH after setup" >&2; exit 1; }
 done
 echo "setup: ok ($(qemu-system-x86_64 --version | head -1); $(cargo --version))"
