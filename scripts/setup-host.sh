@@ -17,10 +17,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # libvirt-daemon-system, libvirt-clients: the libvirt backend ([hosts.NAME], docs/HOSTS.md)
 # and its tests, which start their own daemons (scripts/libvirt-host.sh); iproute2 for the
 # network namespaces those tests make for a second "host".
+# redis-server, mosquitto, nats-server: the peers `cargo bench --bench bus`
+# measures the bus against (Redis 7 `appendfsync always` is its baseline).
 packages=(qemu-system-x86 qemu-utils busybox-static cpio xz-utils kmod nix-bin ca-certificates curl
   debootstrap e2fsprogs tmux python3 openssh-client faketime g++
   linux-source-6.1 make gcc libc6-dev bc bison flex libelf-dev perl tar
-  libvirt-daemon-system libvirt-clients iproute2)
+  libvirt-daemon-system libvirt-clients iproute2 redis-server mosquitto nats-server)
 missing() { for pkg in "${packages[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"; done; }
 # Twice at most: installing one package can remove another that conflicts with it
 # (qemu-system-x86 from bookworm removes a backported qemu-utils), and the second
@@ -62,7 +64,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in qemu-system-x86_64 qemu-img busybox cpio xz depmod nix nix-instantiate debootstrap mkfs.ext4 tmux python3 faketime g++ make gcc bc bison flex virsh libvirtd virtlogd ip cargo; do
+for tool in qemu-system-x86_64 qemu-img busybox cpio xz depmod nix nix-instantiate debootstrap mkfs.ext4 tmux python3 faketime g++ make gcc bc bison flex virsh libvirtd virtlogd ip redis-server mosquitto nats-server cargo; do
   command -v "$tool" >/dev/null || { echo "setup: error: $tool is not on PATH after setup" >&2; exit 1; }
 done
 [ -f /usr/src/linux-source-6.1.tar.xz ] || { echo "setup: error: /usr/src/linux-source-6.1.tar.xz is missing (package linux-source-6.1)" >&2; exit 1; }

@@ -1,7 +1,8 @@
 //! The castra peer: the release build of the real `castra broker` on a temp
 //! state root with 65 guest tokens (`p0`..`p64`), and a guest session client
 //! (hello line, then length-prefixed JSON frames of bus protocol v1). A
-//! publish returns on its `ack`; a subscriber acks each message it takes.
+//! publish is acked by an `ack` frame, in order; a subscriber acks each
+//! message it takes.
 
 use std::io;
 
@@ -92,7 +93,7 @@ struct AckFields<'a> {
 }
 
 impl Publisher for CastraConn {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
+    fn send(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
         let text = String::from_utf8_lossy(payload);
         let body = serde_json::to_vec(&PublishFrame {
             kind: "publish",
@@ -101,7 +102,10 @@ impl Publisher for CastraConn {
         })?;
         let mut b = (body.len() as u32).to_be_bytes().to_vec();
         b.extend_from_slice(&body);
-        self.0.send(&b)?;
+        self.0.send(&b)
+    }
+
+    fn acked(&mut self) -> io::Result<()> {
         loop {
             let bytes = self.frame_bytes()?;
             let f: AckFields = serde_json::from_slice(&bytes)?;

@@ -7,7 +7,8 @@
 //!   `--appendonly yes --appendfsync always` (`XADD`, acked after the AOF
 //!   fsync: the durable peer and the baseline), and, labelled non-durable,
 //!   mosquitto QoS1 (PUBACK, persistence off) and NATS core (`verbose` +OK);
-//!   1, 8 and 64 publishers, 64 B and 1 KiB payloads;
+//!   1, 8 and 64 publishers, 64 B and 1 KiB payloads; then pipelined, 64 B
+//!   with 16 publishes in flight per publisher;
 //! - publish->deliver latency p50/p99 at a nominal 200 msg/s, one publisher
 //!   and one subscriber, same peers (Redis: `XREAD BLOCK`);
 //! - the in-process hub fanning out to 4 subscriber queues, against plain
@@ -19,8 +20,8 @@
 //! and the client threads (from /proc), which is steadier than the rate on
 //! a shared machine and shows where the time goes.
 //!
-//! `-- --quick` runs only the headline cell (64 B, 64 publishers) three
-//! times for castra, Redis and NATS. `CASTRA_BENCH_BIN=<path>` measures
+//! `-- --quick` runs only the headline cells (64 B, 64 publishers, 1 and 16
+//! in flight) three times for castra, Redis and NATS. `CASTRA_BENCH_BIN=<path>` measures
 //! another castra build (e.g. the last commit's) against the same peers.
 //!
 //! This file owns the run: the `Publisher`/`Subscriber`/`Peer` traits every
@@ -54,12 +55,23 @@ const WARMUP: Duration = Duration::from_millis(300);
 const MEASURE: Duration = Duration::from_secs(2);
 const PUBLISHERS: [usize; 3] = [1, 8, 64];
 const PAYLOADS: [usize; 2] = [64, 1024];
+/// Publishes in flight per publisher in the pipelined cells (the unacked
+/// window a castra publisher is allowed).
+const PIPELINE: usize = 16;
 const LAT_RATE: u64 = 200;
 const LAT_SAMPLES: usize = 400;
 
-/// One connection that publishes and returns once the peer acknowledged.
+/// One connection that publishes: `send` writes a publish, `acked` returns
+/// once the peer acknowledged the oldest one still unacknowledged.
 trait Publisher: Send {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> io::Result<()>;
+    fn send(&mut self, topic: &str, payload: &[u8]) -> io::Result<()>;
+    fn acked(&mut self) -> io::Result<()>;
+
+    /// One publish, returning once it is acknowledged.
+    fn publish(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
+        self.send(topic, payload)?;
+        self.acked()
+    }
 }
 
 /// One connection subscribed to a topic; returns each payload delivered.
@@ -84,8 +96,15 @@ struct Cell {
     client_us: f64,
 }
 
-/// Acks per second with `n` publishers, one publish in flight each.
-fn throughput(peer: &dyn Peer, n: usize, size: usize, topic: &str) -> io::Result<Cell> {
+/// Acks per second with `n` publishers, `window` publishes in flight each
+/// (a publisher sends the next one as soon as its oldest is acknowledged).
+fn throughput(
+    peer: &dyn Peer,
+    n: usize,
+    window: usize,
+    size: usize,
+    topic: &str,
+) -> io::Result<Cell> {
     let pubs: Vec<Box<dyn Publisher>> = (0..n)
         .map(|i| peer.publisher(i))
         .collect::<Result<_, _>>()?;
@@ -104,12 +123,18 @@ fn throughput(peer: &dyn Peer, n: usize, size: usize, topic: &str) -> io::Result
                 topic.to_owned(),
             );
             thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if p.publish(&topic, &payload).is_err() {
-                        failed.store(true, Ordering::Relaxed);
-                        return;
+                let mut run = || -> io::Result<()> {
+                    for _ in 1..window {
+                        p.send(&topic, &payload)?;
                     }
-                    acks.fetch_add(1, Ordering::Relaxed);
+                    while !stop.load(Ordering::Relaxed) {
+                        p.publish(&topic, &payload)?;
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                };
+                if run().is_err() {
+                    failed.store(true, Ordering::Relaxed);
                 }
             })
         })
@@ -193,12 +218,12 @@ fn fmt_cpu(c: &Option<Cell>) -> String {
 }
 
 fn main() {
-    // `cargo bench --bench bus -- --quick`: only the headline cell (64 B,
-    // 64 publishers), three times, for castra, its baseline and NATS core
-    // (the non-durable ceiling of this client on this machine).
+    // `cargo bench --bench bus -- --quick`: only the headline cells (64 B,
+    // 64 publishers, 1 and 16 in flight), three times, for castra, its
+    // baseline and NATS core (the non-durable ceiling of this client here).
     let quick = std::env::args().any(|a| a == "--quick");
     println!(
-        "bus benchmark: loopback, {MEASURE:?} per cell after {WARMUP:?} warm-up, one publish in flight per publisher\n"
+        "bus benchmark: loopback, {MEASURE:?} per cell after {WARMUP:?} warm-up, 1 or {PIPELINE} publishes in flight per publisher\n"
     );
     let castra = Castra::start();
     let redis = Redis::start();
@@ -226,26 +251,30 @@ fn main() {
     }
     println!("publish->ack throughput (acks/s)");
     println!(
-        "| payload | publishers | castra | redis always (baseline) | castra/redis | mosquitto QoS1 | NATS core |"
+        "| payload | publishers | in flight | castra | redis always (baseline) | castra/redis | mosquitto QoS1 | NATS core |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let (payloads, publishers, rounds): (&[usize], &[usize], usize) = if quick {
-        (&[64], &[64], 3)
+    println!("|---|---|---|---|---|---|---|---|");
+    // (payload, publishers, in flight each): the one-in-flight grid, then
+    // the pipelined cells (the window the protocol allows a publisher).
+    let cells: Vec<(usize, usize, usize)> = if quick {
+        let one = [(64, 64, 1), (64, 64, PIPELINE)];
+        (0..3).flat_map(|_| one).collect()
     } else {
-        (&PAYLOADS, &PUBLISHERS, 1)
+        let grid = PAYLOADS
+            .iter()
+            .flat_map(|&size| PUBLISHERS.iter().map(move |&n| (size, n, 1)));
+        let piped = PUBLISHERS.iter().map(|&n| (64, n, PIPELINE));
+        grid.chain(piped).collect()
     };
     let mut cell = 0;
     let mut cpu_rows = Vec::new();
-    for (size, n) in (0..rounds)
-        .flat_map(|_| payloads.iter())
-        .flat_map(|&size| publishers.iter().map(move |&n| (size, n)))
-    {
+    for (size, n, window) in cells {
         let rates: Vec<Option<Cell>> = peers
             .iter()
             .map(|(name, p)| {
                 cell += 1;
                 let topic = format!("bench{cell}");
-                p.and_then(|p| match throughput(p, n, size, &topic) {
+                p.and_then(|p| match throughput(p, n, window, size, &topic) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         eprintln!("{name}: {e}");
@@ -254,23 +283,31 @@ fn main() {
                 })
             })
             .collect();
-        let ratio = match (rates[0], rates[1]) {
-            (Some(a), Some(b)) if b.rate > 0.0 => format!("{:.2}x", a.rate / b.rate),
-            _ => "n/a".into(),
+        let (ratio, cpu_ratio) = match (rates[0], rates[1]) {
+            (Some(a), Some(b)) if b.rate > 0.0 && a.server_us > 0.0 => (
+                format!("{:.2}x", a.rate / b.rate),
+                format!("{:.2}x", a.server_us / b.server_us),
+            ),
+            _ => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {size} B | {n} | {} | {} | {ratio} | {} | {} |",
+            "| {size} B | {n} | {window} | {} | {} | {ratio} | {} | {} |",
             fmt_rate(&rates[0]),
             fmt_rate(&rates[1]),
             fmt_rate(&rates[2]),
             fmt_rate(&rates[3])
         );
         let cpu: Vec<String> = rates.iter().map(fmt_cpu).collect();
-        cpu_rows.push(format!("| {size} B | {n} | {} |", cpu.join(" | ")));
+        cpu_rows.push(format!(
+            "| {size} B | {n} | {window} | {} | {} | {cpu_ratio} | {} | {} |",
+            cpu[0], cpu[1], cpu[2], cpu[3]
+        ));
     }
     println!("\nCPU per ack in the cells above (us, server / client threads; 2 cores shared)");
-    println!("| payload | publishers | castra | redis always | mosquitto QoS1 | NATS core |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| payload | publishers | in flight | castra | redis always | castra/redis server CPU | mosquitto QoS1 | NATS core |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for row in cpu_rows {
         println!("{row}");
     }

@@ -76,11 +76,14 @@ impl NatsConn {
 }
 
 impl Publisher for NatsConn {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
+    fn send(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
         let mut b = format!("PUB {topic} {}\r\n", payload.len()).into_bytes();
         b.extend_from_slice(payload);
         b.extend_from_slice(b"\r\n");
-        self.0.send(&b)?;
+        self.0.send(&b)
+    }
+
+    fn acked(&mut self) -> io::Result<()> {
         self.until("+OK").map(drop)
     }
 }

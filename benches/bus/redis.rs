@@ -96,21 +96,28 @@ struct RedisConn {
 
 impl RedisConn {
     fn cmd(&mut self, args: &[&[u8]]) -> io::Result<Resp> {
+        self.send_cmd(args)?;
+        resp_read(&mut self.c)
+    }
+
+    fn send_cmd(&mut self, args: &[&[u8]]) -> io::Result<()> {
         let mut b = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
             b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
             b.extend_from_slice(a);
             b.extend_from_slice(b"\r\n");
         }
-        self.c.send(&b)?;
-        resp_read(&mut self.c)
+        self.c.send(&b)
     }
 }
 
 impl Publisher for RedisConn {
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
-        self.cmd(&[b"XADD", topic.as_bytes(), b"*", b"p", payload])
-            .map(drop)
+    fn send(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
+        self.send_cmd(&[b"XADD", topic.as_bytes(), b"*", b"p", payload])
+    }
+
+    fn acked(&mut self) -> io::Result<()> {
+        resp_read(&mut self.c).map(drop)
     }
 }
 

@@ -26,6 +26,7 @@ use futures_lite::FutureExt;
 use smol::Timer;
 use smol::channel::{Receiver, Sender, TrySendError};
 
+use super::buslog::Committed;
 use super::recorder::RecorderHandle;
 use super::session::{Action, Record};
 use super::wire::reason::Reason;
@@ -96,6 +97,9 @@ pub enum HubMsg {
         topic: String,
         frame: Frame,
     },
+    /// The records of one commit, in sequence order (one message per
+    /// commit, not one per record).
+    DeliverAll(Vec<Committed>),
 }
 
 struct Sub {
@@ -207,6 +211,19 @@ impl Hub {
                 vec![]
             }
             HubMsg::Deliver { seq, topic, frame } => self.deliver(&topic, Delivery { seq, frame }),
+            HubMsg::DeliverAll(batch) => {
+                let mut noted = Vec::new();
+                for c in batch {
+                    noted.extend(self.deliver(
+                        &c.topic,
+                        Delivery {
+                            seq: c.seq,
+                            frame: c.frame,
+                        },
+                    ));
+                }
+                noted
+            }
         }
     }
 
@@ -420,11 +437,20 @@ mod tests {
             topic: "broadcast".into(),
         });
         deliver(&mut hub, "broadcast", 4);
-        assert_eq!((drain(&a), drain(&b)), (vec![1, 4], vec![1, 2]));
+        // A whole commit in one message: each record to its topic's
+        // subscribers, in order.
+        let commit =
+            [(5, "broadcast"), (6, "vm:b"), (7, "broadcast")].map(|(n, topic)| Committed {
+                seq: n,
+                topic: topic.into(),
+                frame: vec![n as u8].into(),
+            });
+        assert!(hub.handle(HubMsg::DeliverAll(commit.to_vec())).is_empty());
+        assert_eq!((drain(&a), drain(&b)), (vec![1, 4, 5, 7], vec![1, 2, 6]));
         hub.handle(HubMsg::Unregister { key: 2 });
         assert_eq!(hub.subscribers("vm:b"), Vec::<u64>::new());
         assert_eq!(hub.subscribers("broadcast"), vec![1]);
-        assert_eq!(hub.delivered_total(), 4);
+        assert_eq!(hub.delivered_total(), 7);
     }
 
     #[test]

@@ -127,12 +127,8 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
     let (buslog, log_tx) = buslog::start(
         &layout,
         opts.bus_log_rotation,
-        Box::new(move |c: buslog::Committed| {
-            let _ = deliver_tx.try_send(HubMsg::Deliver {
-                seq: c.seq,
-                topic: c.topic,
-                frame: c.frame,
-            });
+        Box::new(move |batch: Vec<buslog::Committed>| {
+            let _ = deliver_tx.try_send(HubMsg::DeliverAll(batch));
         }),
     )
     .map_err(|source| BrokerError::BusLog {

@@ -28,6 +28,19 @@ pub(super) fn write_all(file: &mut File, buf: &[u8]) -> io::Result<()> {
     file.write_all(buf)
 }
 
+/// Write `buf` at offset `at` of `file` (all.log's records over the zeros
+/// written ahead of them, `prealloc.rs`).
+pub(super) fn write_all_at(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    #[cfg(test)]
+    if let Some(fault) = plan::take(plan::Op::Write) {
+        let part = fault.written.min(buf.len());
+        file.write_all_at(&buf[..part], at)?;
+        return Err(io::Error::from_raw_os_error(fault.errno));
+    }
+    file.write_all_at(buf, at)
+}
+
 /// `fdatasync` one file.
 pub(super) fn sync_data(file: &File) -> io::Result<()> {
     #[cfg(test)]

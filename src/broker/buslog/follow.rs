@@ -81,7 +81,10 @@ impl Follower {
         match File::open(&f.path) {
             Ok(file) => {
                 let meta = file.metadata().map_err(cannot(&f.path))?;
-                f.current = Some((file, meta.ino(), meta.len()));
+                // all.log's end is where its records end, before the zeros
+                // the broker writes ahead of them.
+                let end = super::prealloc::content_end(&file).map_err(cannot(&f.path))?;
+                f.current = Some((file, meta.ino(), end));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(cannot(&f.path)(e)),

@@ -6,6 +6,8 @@
 //! - `writer.rs`: the one thread that owns the files: group commit, fsync of
 //!   all.log (the write-ahead log) before the ack, the publishers' logs kept
 //!   in step and synced at checkpoints, rotation by size ([`Rotation`]);
+//! - `prealloc.rs`: zeros written and synced ahead of all.log's records, so
+//!   a commit's sync writes data pages only;
 //! - `checkpoint.rs`: `checkpoint.json`, how much of each publisher's log is
 //!   durable, and what recovery does with each file;
 //! - `recover.rs`: startup repair (torn tails cut, corruption reported, the
@@ -25,6 +27,7 @@ mod checkpoint;
 pub mod faults;
 pub mod follow;
 mod last;
+mod prealloc;
 mod record;
 mod recover;
 mod writer;
@@ -44,11 +47,11 @@ use super::stamp::log;
 use crate::layout::StateLayout;
 
 /// Create the bus log directory (0700), recover it, and start the writer.
-/// `deliver` receives every committed record, in sequence order.
+/// `deliver` receives the records of every commit, in sequence order.
 pub fn start(
     layout: &StateLayout,
     rotation: Rotation,
-    deliver: Box<dyn Fn(Committed) + Send>,
+    deliver: Box<dyn Fn(Vec<Committed>) + Send>,
 ) -> io::Result<(BusLog, smol::channel::Sender<Append>)> {
     let dir = layout.bus_log_dir();
     std::fs::DirBuilder::new()
@@ -155,8 +158,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = StateLayout::new(dir.path());
         let (dtx, drx) = mpsc::channel();
-        let deliver = Box::new(move |c: Committed| {
-            let _ = dtx.send((c.seq, c.topic));
+        let deliver = Box::new(move |batch: Vec<Committed>| {
+            for c in batch {
+                let _ = dtx.send((c.seq, c.topic));
+            }
         });
         let (bus, tx) = start(&layout, Rotation::default(), deliver).unwrap();
         assert_eq!(bus.next_seq, 1);
@@ -211,6 +216,50 @@ mod tests {
         assert_eq!(arx.recv().unwrap(), Ok(4));
         drop(tx);
         bus.join();
+    }
+
+    #[test]
+    fn all_log_is_written_over_zeros_ahead_and_ends_with_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StateLayout::new(dir.path());
+        let all = layout.bus_all_log();
+        let (bus, tx) = start(&layout, Rotation::default(), Box::new(|_| {})).unwrap();
+        let (atx, arx) = mpsc::channel();
+        for i in 0..3 {
+            tx.send_blocking(append(Some("web"), "t", i, &atx)).unwrap();
+            assert_eq!(arx.recv().unwrap(), Ok(i as u64 + 1));
+        }
+        // While it runs, zeros follow the records; readers see the records.
+        let bytes = std::fs::read(&all).unwrap();
+        let end = bytes.iter().rposition(|&b| b == b'\n').unwrap() + 1;
+        assert!(
+            bytes.len() >= end + 4096,
+            "{} bytes, records end at {end}",
+            bytes.len()
+        );
+        assert!(bytes[end..].iter().all(|&b| b == 0));
+        assert_eq!(read_records(&all).unwrap().len(), 3);
+        // A follower from the end starts where the records end.
+        let mut follower = follow::Follower::at_end(all.clone()).unwrap();
+        assert!(follower.poll().unwrap().is_empty());
+        tx.send_blocking(append(None, "t", 3, &atx)).unwrap();
+        assert_eq!(arx.recv().unwrap(), Ok(4));
+        let seqs = |f: &mut follow::Follower| -> Vec<u64> {
+            f.poll_records().unwrap().iter().map(|r| r.seq).collect()
+        };
+        assert_eq!(seqs(&mut follower), [4]);
+        drop(tx);
+        bus.join();
+        // Stopped: the file ends with its last record.
+        let stopped = std::fs::read(&all).unwrap();
+        assert!(stopped.ends_with(b"}\n") && !stopped.contains(&0));
+
+        // A killed writer leaves its zeros: startup trims them, no torn line.
+        let mut f = OpenOptions::new().append(true).open(&all).unwrap();
+        f.write_all(&[0; 10_000]).unwrap();
+        let r = recover(&layout.bus_log_dir()).unwrap();
+        assert_eq!((r.next_seq, r.cut.len()), (5, 0));
+        assert_eq!(std::fs::read(&all).unwrap(), stopped);
     }
 
     #[test]

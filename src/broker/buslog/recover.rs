@@ -3,7 +3,8 @@
 //! 1. Each publisher's live `<vm>.log` is cut back to the length the
 //!    checkpoint says is durable ([`checkpoint::fix_for`]): anything after it
 //!    was written but not yet synced when the broker or the machine stopped.
-//! 2. Every live file (all.log included) loses a torn last line (a crash
+//! 2. all.log loses the zeros written ahead of its records (`prealloc.rs`);
+//!    every live file (all.log included) loses a torn last line (a crash
 //!    mid-append); a bad line in the middle is reported and kept.
 //! 3. The records all.log holds after the checkpoint's `through_seq` are
 //!    appended again to their publishers' logs, byte for byte, and synced.
@@ -78,7 +79,12 @@ pub fn recover(dir: &Path) -> io::Result<Recovery> {
         }
     }
 
-    // 2. Torn tails, corruption, highest seqs.
+    // 2. Zeros the writer wrote ahead in all.log, torn tails, corruption,
+    // highest seqs.
+    if all.is_file() {
+        let file = OpenOptions::new().read(true).write(true).open(&all)?;
+        super::prealloc::trim_zero_tail(&file)?;
+    }
     let mut vm_max: BTreeMap<String, u64> = BTreeMap::new();
     let lives = std::iter::once((String::new(), all.clone()))
         .chain(publishers.iter().map(|vm| (vm.clone(), vm_log(dir, vm))));

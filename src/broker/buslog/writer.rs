@@ -4,7 +4,7 @@
 //! A commit takes every publish waiting in the queue, assigns consecutive
 //! sequence numbers, appends the lines to all.log and to each publisher's
 //! `<vm>.log`, `fdatasync`s all.log (the write-ahead log), and only then
-//! completes the batch (ack, then fan-out). A failed write or sync completes
+//! completes the batch (the whole batch to the hub at once, then the acks). A failed write or sync completes
 //! the batch with `storage_error`, cuts every file back, and never acks it.
 //! The publishers' logs are synced at checkpoints (`checkpoint.rs`): at most
 //! [`CHECKPOINT_EVERY`] after they were written, before any file rotates, and
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, Checkpoint};
 use super::faults;
+use super::prealloc;
 use super::record::{Append, Committed, HOST, LogRecord, MAX_BATCH, Rotation, rotated_path};
 use crate::broker::stamp::{log, unix_ms};
 use crate::broker::wire::reason::Reason;
@@ -44,7 +45,11 @@ const ALL: &str = "";
 
 struct OpenLog {
     file: File,
+    /// Where its records end.
     len: u64,
+    /// Its size: for all.log, the records and the zeros written ahead of
+    /// them (`prealloc.rs`); for the others, `len`.
+    alloc: u64,
     /// The filesystem holding it, when it is a regular file (a symlink to a
     /// device or another filesystem makes `syncfs` of the log directory's
     /// filesystem miss it).
@@ -55,7 +60,7 @@ pub(super) struct Writer {
     layout: StateLayout,
     files: BTreeMap<String, OpenLog>,
     next_seq: u64,
-    deliver: Box<dyn Fn(Committed) + Send>,
+    deliver: Box<dyn Fn(Vec<Committed>) + Send>,
     rotation: Rotation,
     /// What the last checkpoint says, plus the current length of every
     /// publisher's live log.
@@ -71,13 +76,15 @@ pub(super) struct Writer {
     last_ts_ms: u64,
     /// Whether the last commit was refused for want of space (logged once).
     full: bool,
+    /// all.log's zeros written ahead of its records.
+    ahead: prealloc::Ahead,
 }
 
 impl Writer {
     pub(super) fn new(
         layout: &StateLayout,
         rotation: Rotation,
-        deliver: Box<dyn Fn(Committed) + Send>,
+        deliver: Box<dyn Fn(Vec<Committed>) + Send>,
         next_seq: u64,
         checkpoint: Checkpoint,
     ) -> Writer {
@@ -97,6 +104,7 @@ impl Writer {
             last_sync: Duration::ZERO,
             last_ts_ms: 0,
             full: false,
+            ahead: prealloc::Ahead::new(rotation.max_bytes.max(1)),
         }
     }
 
@@ -128,13 +136,21 @@ impl Writer {
             }
             self.recent = [self.recent[1], batch.len()];
             self.commit(batch);
+            if let Some(all) = self.files.get_mut(ALL).filter(|l| l.fs.is_some()) {
+                let path = self.layout.bus_all_log();
+                self.ahead.refill(&all.file, all.len, &mut all.alloc, &path);
+            }
             if !self.dirty.is_empty() && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 self.checkpoint();
             }
         }
-        // Every sender is gone: the broker stops. Leave nothing to replay.
+        // Every sender is gone: the broker stops. Leave nothing to replay,
+        // and all.log without the zeros past its records.
         if !self.dirty.is_empty() {
             self.checkpoint();
+        }
+        if let Some(all) = self.files.get_mut(ALL).filter(|l| l.fs.is_some()) {
+            prealloc::cut_to(&all.file, all.len, &mut all.alloc);
         }
     }
 
@@ -182,13 +198,20 @@ impl Writer {
         match self.write_all(&bufs) {
             Ok(()) => {
                 self.next_seq += records.len() as u64;
-                for (rec, done) in records.into_iter().zip(dones) {
-                    (self.deliver)(Committed {
-                        seq: rec.seq,
-                        topic: rec.topic.clone(),
-                        frame: rec.message_frame(),
-                    });
-                    done(Ok(rec.seq));
+                // One hand-over to the hub per commit, then the acks.
+                let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+                (self.deliver)(
+                    records
+                        .into_iter()
+                        .map(|rec| Committed {
+                            seq: rec.seq,
+                            frame: rec.message_frame(),
+                            topic: rec.topic,
+                        })
+                        .collect(),
+                );
+                for (seq, done) in seqs.into_iter().zip(dones) {
+                    done(Ok(seq));
                 }
                 self.rotate_full();
             }
@@ -218,11 +241,17 @@ impl Writer {
                 }
             };
             before.push((key.clone(), log.len));
-            if let Err(e) = faults::write_all(&mut log.file, buf) {
+            let written = if key == ALL && log.fs.is_some() {
+                prealloc::write_records(&log.file, log.len, &mut log.alloc, buf)
+            } else {
+                faults::write_all(&mut log.file, buf)
+            };
+            if let Err(e) = written {
                 result = Err(format!("write: {e}"));
                 break;
             }
             log.len += buf.len() as u64;
+            log.alloc = log.alloc.max(log.len);
         }
         let synced = Instant::now();
         if result.is_ok()
@@ -323,6 +352,10 @@ impl Writer {
         }
         for key in full {
             let live = self.path(&key);
+            if let Some(log) = self.files.get_mut(&key).filter(|l| l.fs.is_some()) {
+                // A rotated file ends with its last record.
+                prealloc::cut_to(&log.file, log.len, &mut log.alloc);
+            }
             match rotate(&live, self.rotation.keep) {
                 Ok(()) => {
                     self.files.remove(&key);
@@ -347,11 +380,14 @@ impl Writer {
         if !self.files.contains_key(key) {
             let path = self.path(key);
             let existed = path.exists();
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            // all.log is written at the end of its records, over the zeros
+            // written ahead (`prealloc.rs`); the others are appended to.
+            let file = if key == ALL {
+                prealloc::open(&path)
+            } else {
+                OpenOptions::new().create(true).append(true).open(&path)
+            }
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
             if !existed && key == ALL {
                 // all.log's name (and any rotation renames) must be durable
                 // before a record in it is acknowledged. Publishers' new
@@ -363,8 +399,21 @@ impl Writer {
                 .metadata()
                 .map_err(|e| format!("stat {}: {e}", path.display()))?;
             let fs = meta.is_file().then(|| meta.dev());
-            let len = meta.len();
-            self.files.insert(key.to_owned(), OpenLog { file, len, fs });
+            let alloc = meta.len();
+            let len = if key == ALL && fs.is_some() {
+                prealloc::content_end(&file).map_err(|e| format!("read {}: {e}", path.display()))?
+            } else {
+                alloc
+            };
+            self.files.insert(
+                key.to_owned(),
+                OpenLog {
+                    file,
+                    len,
+                    alloc,
+                    fs,
+                },
+            );
         }
         self.files
             .get_mut(key)
@@ -502,52 +551,5 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod faults_tests;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_commit_waits_briefly_for_publishers_that_are_about_to_join() {
-        let ms = Duration::from_millis;
-        let us = Duration::from_micros;
-        // Alone, or everyone is already here: no wait.
-        assert_eq!(group_wait([0, 0], ms(1), 1), (1, Duration::ZERO));
-        assert_eq!(group_wait([1, 1], ms(1), 1), (1, Duration::ZERO));
-        assert_eq!(group_wait([6, 58], ms(1), 60), (60, Duration::ZERO));
-        // The alternating pattern: wait for the bigger half, half a sync.
-        assert_eq!(group_wait([58, 6], us(400), 3), (58, us(200)));
-        // Capped: a slow disk does not make every commit wait long.
-        assert_eq!(group_wait([58, 6], ms(20), 3), (58, GROUP_WAIT_MAX));
-    }
-
-    #[test]
-    fn stamps_follow_the_clock_but_never_go_back() {
-        assert_eq!(next_stamp(1_000, 0), 1_000);
-        assert_eq!(next_stamp(1_005, 1_000), 1_005);
-        // The clock was set back 10 s: the stamp holds until it catches up.
-        assert_eq!(next_stamp(995, 1_005), 1_005);
-    }
-
-    #[test]
-    fn many_files_on_one_filesystem_share_one_syncfs() {
-        use SyncPlan::*;
-        assert_eq!(sync_plan(&[]), FdatasyncEach);
-        assert_eq!(sync_plan(&[Some(1), Some(1)]), FdatasyncEach);
-        assert_eq!(sync_plan(&[Some(1), Some(1), Some(1)]), OneSyncfs);
-        assert_eq!(sync_plan(&[Some(1), Some(2), Some(1)]), FdatasyncEach);
-        assert_eq!(sync_plan(&[None, Some(1), Some(1)]), FdatasyncEach);
-        assert_eq!(sync_plan(&[Some(1), Some(1), None]), FdatasyncEach);
-
-        // And the real calls succeed on real files of both shapes.
-        let dir = tempfile::tempdir().unwrap();
-        let logs: Vec<OpenLog> = (0..5)
-            .map(|i| {
-                let file = File::create(dir.path().join(format!("{i}.log"))).unwrap();
-                let fs = Some(file.metadata().unwrap().dev());
-                OpenLog { file, len: 0, fs }
-            })
-            .collect();
-        let refs: Vec<&OpenLog> = logs.iter().collect();
-        sync_all_data(&refs).unwrap();
-        sync_all_data(&refs[..2]).unwrap();
-    }
-}
+#[path = "writer_tests.rs"]
+mod tests;

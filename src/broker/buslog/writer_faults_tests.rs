@@ -40,7 +40,9 @@ impl Rig {
         let r = recover(&layout.bus_log_dir()).unwrap();
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let d = delivered.clone();
-        let deliver = Box::new(move |c: Committed| d.lock().unwrap().push(c.seq));
+        let deliver = Box::new(move |batch: Vec<Committed>| {
+            d.lock().unwrap().extend(batch.into_iter().map(|c| c.seq))
+        });
         let writer = Writer::new(
             &layout,
             Rotation::default(),

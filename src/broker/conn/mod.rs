@@ -14,12 +14,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_net::TcpStream;
 use async_net::unix::UnixStream;
+
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use smol::Timer;
 
@@ -37,8 +39,9 @@ use super::wire::reason::Reason;
 
 mod outbound;
 mod socket;
+mod wait;
 
-use outbound::write_frames;
+use outbound::{Cork, write_frames};
 use socket::{Reader, Stream};
 
 fn new_session_id() -> String {
@@ -70,15 +73,18 @@ type Completion = (Option<Value>, Result<u64, Reason>);
 struct BusLink {
     key: u64,
     /// The hub's bounded delivery queue (taken from while the window is open).
-    deliveries: smol::channel::Receiver<Delivery>,
+    /// The receivers are pinned: polled as streams, each keeps its listener.
+    deliveries: Pin<Box<smol::channel::Receiver<Delivery>>>,
     /// Bounded outbound queue, drained by the writer task.
     queue: smol::channel::Sender<Frame>,
     /// The last frames, handed past a full queue when the session closes.
     last: smol::channel::Sender<Vec<u8>>,
     commits_tx: smol::channel::Sender<Completion>,
-    commits: smol::channel::Receiver<Completion>,
-    evicted: smol::channel::Receiver<Reason>,
+    commits: Pin<Box<smol::channel::Receiver<Completion>>>,
+    evicted: Pin<Box<smol::channel::Receiver<Reason>>>,
     writer: smol::Task<()>,
+    /// The writer task holds frames it has not finished writing.
+    writing: Arc<AtomicBool>,
 }
 
 struct Conn<S: Stream> {
@@ -96,6 +102,10 @@ struct Conn<S: Stream> {
     tick_at: Option<Instant>,
     /// The hello's capabilities (an `exec-v1` agent can be asked for streams).
     caps: Vec<String>,
+    /// The broker's shutdown signal (closed when it stops).
+    stop: Pin<Box<smol::channel::Receiver<()>>>,
+    /// Frames of this turn, not written yet.
+    cork: Cork,
 }
 
 /// How the hello phase ended.
@@ -112,6 +122,7 @@ impl<S: Stream> Conn<S> {
     fn new(ctx: Arc<Ctx>, stream: S, peer: SocketAddr) -> Conn<S> {
         let session = Session::new(new_session_id(), ctx.opts.session, ctx.now_ms());
         Conn {
+            stop: Box::pin(ctx.shutdown.clone()),
             ctx,
             reader: Reader::new(stream.source()),
             stream,
@@ -121,6 +132,7 @@ impl<S: Stream> Conn<S> {
             tick: Timer::never(),
             tick_at: None,
             caps: Vec::new(),
+            cork: Cork::default(),
         }
     }
 }
@@ -173,74 +185,6 @@ pub(super) async fn serve_host_session(
 }
 
 impl<S: Stream> Conn<S> {
-    /// Wait for bytes, the session's next deadline, a publish completion,
-    /// an eviction, or shutdown.
-    async fn wait(&mut self, buf: &mut [u8]) -> Wake {
-        let deadline = self.session.deadline_ms().map(|ms| self.ctx.instant_at(ms));
-        if let Some(at) = deadline
-            && self.tick_at.is_none_or(|set| at < set)
-        {
-            self.tick.set_at(at);
-            self.tick_at = Some(at);
-        }
-        let ctx = self.ctx.clone();
-        let bus = self
-            .bus
-            .as_ref()
-            .map(|b| (b.commits.clone(), b.evicted.clone()));
-        let deliveries = self
-            .bus
-            .as_ref()
-            .filter(|_| self.session.can_deliver())
-            .map(|b| b.deliveries.clone());
-        let reader = &mut self.reader;
-        let read = async { Wake::Read(reader.read(buf).await) };
-        let (timer, tick_at) = (&mut self.tick, &mut self.tick_at);
-        let tick = async {
-            if deadline.is_none() {
-                std::future::pending::<()>().await
-            }
-            timer.await;
-            *tick_at = None;
-            Wake::Tick
-        };
-        let stop = async {
-            ctx.stopped().await;
-            Wake::Shutdown
-        };
-        let bus = async {
-            match bus {
-                Some((commits, evicted)) => {
-                    let commit = async {
-                        match commits.recv().await {
-                            Ok((id, result)) => Wake::Committed(id, result),
-                            Err(_) => std::future::pending().await,
-                        }
-                    };
-                    let evict = async {
-                        match evicted.recv().await {
-                            Ok(reason) => Wake::Evicted(reason),
-                            Err(_) => std::future::pending().await,
-                        }
-                    };
-                    evict.or(commit).await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let deliver = async {
-            match deliveries {
-                Some(rx) => match rx.recv().await {
-                    Ok(d) => Wake::Deliver(d),
-                    // The hub forgot this session (evicted): its notice follows.
-                    Err(_) => std::future::pending().await,
-                },
-                None => std::future::pending().await,
-            }
-        };
-        stop.or(bus).or(read).or(tick).or(deliver).await
-    }
-
     fn input_for(wake: Wake) -> Result<Input<'static>, usize> {
         match wake {
             Wake::Read(Ok(0)) => Ok(Input::PeerGone(Reason::PeerClosed)),
@@ -308,9 +252,13 @@ impl<S: Stream> Conn<S> {
         let (last, last_rx) = smol::channel::bounded(1);
         let (evict, evicted) = smol::channel::bounded(1);
         let (commits_tx, commits) = smol::channel::unbounded();
-        let writer = self
-            .ctx
-            .spawn(write_frames(self.stream.clone(), queue_rx, last_rx));
+        let writing = Arc::new(AtomicBool::new(false));
+        let writer = self.ctx.spawn(write_frames(
+            self.stream.clone(),
+            queue_rx,
+            last_rx,
+            writing.clone(),
+        ));
         if vm != super::session::HOST {
             let exec = self
                 .caps
@@ -328,13 +276,14 @@ impl<S: Stream> Conn<S> {
         });
         self.bus = Some(BusLink {
             key,
-            deliveries,
+            deliveries: Box::pin(deliveries),
             queue,
             last,
             commits_tx,
-            commits,
-            evicted,
+            commits: Box::pin(commits),
+            evicted: Box::pin(evicted),
             writer,
+            writing,
         });
     }
 
@@ -361,13 +310,22 @@ impl<S: Stream> Conn<S> {
         }
         let mut buf = vec![0u8; 16 * 1024];
         loop {
+            // The end of a turn: what it produced goes out in one write.
+            if self.flush().await.is_err() {
+                self.peer_gone();
+                return;
+            }
             let wake = self.wait(&mut buf).await;
-            let delivered = matches!(wake, Wake::Deliver(_));
+            let (delivered, committed) = (
+                matches!(wake, Wake::Deliver(_)),
+                matches!(wake, Wake::Committed(..)),
+            );
             let flow = match Self::input_for(wake) {
                 Ok(input) => {
                     let effects = self.step(input);
                     match self.perform(effects).await {
                         Flow::Continue if delivered => self.deliver_ready().await,
+                        Flow::Continue if committed => self.complete_ready().await,
                         flow => flow,
                     }
                 }
@@ -377,6 +335,18 @@ impl<S: Stream> Conn<S> {
                 return;
             }
         }
+    }
+
+    /// Take the other completions of the same commit (their acks go out
+    /// together at the end of the turn).
+    async fn complete_ready(&mut self) -> Flow {
+        while let Some(Ok((id, result))) = self.bus.as_ref().map(|b| b.commits.try_recv()) {
+            let effects = self.step(Input::Committed { id, result });
+            if let Flow::Close = self.perform(effects).await {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
     }
 
     /// Take the deliveries already queued, while the window stays open.
@@ -449,6 +419,11 @@ impl<S: Stream> Conn<S> {
                     Ok(())
                 }
                 Effect::Close(_) => {
+                    let mut corked = self.cork.take();
+                    if !corked.is_empty() {
+                        corked.extend_from_slice(&last_frames);
+                        last_frames = corked;
+                    }
                     if let Some(bus) = &self.bus
                         && !last_frames.is_empty()
                     {
@@ -461,26 +436,29 @@ impl<S: Stream> Conn<S> {
                 }
             };
             if written.is_err() {
-                // The peer is gone: close the session without writing more.
-                for e in self.step(Input::PeerGone(Reason::IoError)) {
-                    match e {
-                        Effect::Record(record) => self.ctx.recorder.record(record, self.peer),
-                        Effect::Reply(_)
-                        | Effect::Send(_)
-                        | Effect::Deliver { .. }
-                        | Effect::Publish { .. }
-                        | Effect::Subscribe(_)
-                        | Effect::Unsubscribe(_)
-                        | Effect::Close(_) => {}
-                    }
-                }
-                return Flow::Close;
+                return self.peer_gone();
             }
         }
         Flow::Continue
     }
 
-    /// Enqueue a frame for the writer (waits while this session's queue is full).
+    /// The peer is gone: close the session without writing more.
+    fn peer_gone(&mut self) -> Flow {
+        for e in self.step(Input::PeerGone(Reason::IoError)) {
+            match e {
+                Effect::Record(record) => self.ctx.recorder.record(record, self.peer),
+                Effect::Reply(_)
+                | Effect::Send(_)
+                | Effect::Deliver { .. }
+                | Effect::Publish { .. }
+                | Effect::Subscribe(_)
+                | Effect::Unsubscribe(_)
+                | Effect::Close(_) => {}
+            }
+        }
+        Flow::Close
+    }
+
     /// A subscription change for the hub, keyed by this session's bus key
     /// (nothing to tell while the session has no hub registration).
     fn tell_hub(&self, msg: impl FnOnce(u64) -> HubMsg) {
@@ -489,14 +467,27 @@ impl<S: Stream> Conn<S> {
         }
     }
 
+    /// A frame for the peer, written with the others of this turn at its
+    /// end ([`Conn::flush`]).
     async fn send(&mut self, bytes: Frame) -> io::Result<()> {
+        if self.bus.is_none() {
+            return self.write(&bytes).await;
+        }
+        if self.cork.push(&bytes) {
+            return self.flush().await;
+        }
+        Ok(())
+    }
+
+    /// Write the frames of this turn ([`Cork`]).
+    async fn flush(&mut self) -> io::Result<()> {
         match &self.bus {
-            Some(bus) => bus
-                .queue
-                .send(bytes)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "writer stopped")),
-            None => self.write(&bytes).await,
+            Some(bus) => {
+                self.cork
+                    .flush(&self.reader, &bus.queue, &bus.writing)
+                    .await
+            }
+            None => Ok(()),
         }
     }
 

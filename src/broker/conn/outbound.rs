@@ -1,14 +1,18 @@
 //! A session's outbound writer task: drains the session's bounded queue into
 //! the socket, the frames waiting together in one write, and hands the
 //! session's last frames (a `bye`) past a full queue within a grace period.
-//! Only this task writes to an open session's socket.
+//! While it holds nothing (its `writing` flag is clear and the queue is
+//! empty) the connection task writes a frame to the socket itself; else
+//! only this task writes to an open session's socket.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_lite::{AsyncWriteExt, FutureExt, future};
 use smol::Timer;
 
-use super::socket::Stream;
+use super::socket::{ReadNow, Reader, Stream};
 use crate::broker::context::{FINAL_GRACE, WRITE_TIMEOUT};
 use crate::broker::hub::Frame;
 
@@ -32,6 +36,7 @@ pub(super) async fn write_frames<S: Stream>(
     mut stream: S,
     queue: smol::channel::Receiver<Frame>,
     last: smol::channel::Receiver<Vec<u8>>,
+    writing: Arc<AtomicBool>,
 ) {
     let last_frames = || async {
         match last.recv().await {
@@ -50,6 +55,9 @@ pub(super) async fn write_frames<S: Stream>(
                 }
             })
             .await;
+        // The connection task writes to the socket itself only while this
+        // task holds nothing (`conn::send`).
+        writing.store(true, Ordering::Release);
         let (frame, interrupted) = match next {
             Next::Done => break true,
             Next::Last(bytes) => (Frame::from(bytes), None),
@@ -92,7 +100,10 @@ pub(super) async fn write_frames<S: Stream>(
                     }
                 }
                 match interrupted {
-                    None => continue,
+                    None => {
+                        writing.store(false, Ordering::Release);
+                        continue;
+                    }
                     Some(bytes) => (f, Some((off, bytes))),
                 }
             }
@@ -120,6 +131,61 @@ pub(super) async fn write_frames<S: Stream>(
         std::net::Shutdown::Both
     };
     let _ = stream.end(how);
+}
+
+/// The frames a connection task produced in one turn (the acks of one
+/// commit, a run of deliveries), written together at the end of the turn:
+/// one `send` per session per commit instead of one per frame. Straight to
+/// the socket while the writer task holds nothing; else, and for what the
+/// socket does not take, through the writer's queue, behind what is there.
+#[derive(Default)]
+pub(super) struct Cork {
+    buf: Vec<u8>,
+}
+
+impl Cork {
+    /// Add a frame; true once a batch's worth waits (flush it now).
+    pub(super) fn push(&mut self, frame: &[u8]) -> bool {
+        self.buf.extend_from_slice(frame);
+        self.buf.len() >= WRITE_BATCH
+    }
+
+    /// What waits, taken out (the session's last frames go another way).
+    pub(super) fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Write what waits. `Err` once the peer or the writer task is gone.
+    pub(super) async fn flush<R: ReadNow>(
+        &mut self,
+        socket: &Reader<R>,
+        queue: &smol::channel::Sender<Frame>,
+        writing: &AtomicBool,
+    ) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut off = 0;
+        if queue.is_empty() && !writing.load(Ordering::Acquire) {
+            match socket.write_now(&self.buf) {
+                Ok(n) => off = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.buf.clear();
+                    return Err(e);
+                }
+            }
+        }
+        let rest: Option<Frame> = (off < self.buf.len()).then(|| self.buf[off..].into());
+        self.buf.clear();
+        match rest {
+            Some(frame) => queue
+                .send(frame)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "writer stopped")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `first` and the frames already waiting behind it, up to [`WRITE_BATCH`]

@@ -51,20 +51,27 @@ impl Stream for UnixStream {
     }
 }
 
-/// A non-blocking read on the socket under an async wrapper.
+/// A non-blocking read and write on the socket under an async wrapper.
 pub(super) trait ReadNow: Send + Sync + 'static {
     fn read_now(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write_now(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
 impl ReadNow for std::net::TcpStream {
     fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
         io::Read::read(&mut &*self, buf)
     }
+    fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        io::Write::write(&mut &*self, buf)
+    }
 }
 
 impl ReadNow for std::os::unix::net::UnixStream {
     fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
         io::Read::read(&mut &*self, buf)
+    }
+    fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        io::Write::write(&mut &*self, buf)
     }
 }
 
@@ -83,6 +90,17 @@ impl<R: ReadNow> Reader<R> {
         Reader {
             source,
             maybe_more: true,
+        }
+    }
+
+    /// Write what the socket takes now, without waiting (`WouldBlock` when
+    /// it takes nothing). Only while the session's writer task is idle.
+    pub(super) fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.source.get_ref().write_now(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
         }
     }
 
