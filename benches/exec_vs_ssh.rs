@@ -18,9 +18,18 @@ use std::time::{Duration, Instant};
 
 const BROKER_PORT: u16 = 7797;
 const SSH_PORT: u16 = 7798;
+/// Defaults; `EXEC_VS_SSH_RUNS`, `EXEC_VS_SSH_MIB` and `EXEC_VS_SSH_ROUNDS`
+/// override them (on a loaded 2-core host one TCG ssh login takes seconds).
 const EXEC_RUNS: usize = 30;
 const COPY_MIB: usize = 100;
 const COPY_ROUNDS: usize = 3;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -51,6 +60,8 @@ fn ssh_tool(tool: &str, key: &Path) -> Command {
         "UserKnownHostsFile=/dev/null",
         "-o",
         "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=30",
     ]);
     cmd.arg(if tool == "scp" { "-P" } else { "-p" })
         .arg(SSH_PORT.to_string());
@@ -84,6 +95,15 @@ fn image() -> (PathBuf, String) {
     (dir, spec)
 }
 
+/// `castra down` however the bench ends (a panic included): no VM left behind.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = castra(&self.0).arg("down").output();
+    }
+}
+
 fn pct(xs: &mut [Duration], p: f64) -> Duration {
     xs.sort();
     xs[((xs.len() - 1) as f64 * p).round() as usize]
@@ -105,6 +125,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    let runs = setting("EXEC_VS_SSH_RUNS", EXEC_RUNS);
+    let mib = setting("EXEC_VS_SSH_MIB", COPY_MIB);
+    let rounds = setting("EXEC_VS_SSH_ROUNDS", COPY_ROUNDS);
     let (_, image) = image();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
@@ -118,6 +141,7 @@ fn main() {
     )
     .unwrap();
     let t = Instant::now();
+    let _down = Down(p.to_owned());
     run(castra(p).args(["apply", "--wait", "--wait-timeout", "300s"]));
     eprintln!("guest up in {:.1} s", t.elapsed().as_secs_f64());
 
@@ -156,7 +180,7 @@ fn main() {
 
     // 1. A command's whole round trip, alternating so both see the same load.
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..EXEC_RUNS {
+    for _ in 0..runs {
         let mut c = castra(p);
         c.args(["exec", "n", "--", "true"]);
         ours.push(timed(c));
@@ -166,6 +190,7 @@ fn main() {
     }
     let (o50, o99) = (ms(pct(&mut ours, 0.5)), ms(pct(&mut ours, 0.99)));
     let (s50, s99) = (ms(pct(&mut theirs, 0.5)), ms(pct(&mut theirs, 0.99)));
+    eprintln!("exec p50 {o50:.1} ms, ssh p50 {s50:.1} ms ({runs} runs each)");
 
     // 2. 100 MiB each way.
     let big = p.join("big");
@@ -173,13 +198,13 @@ fn main() {
         .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     let mut f = std::fs::File::create(&big).unwrap();
-    for _ in 0..COPY_MIB {
+    for _ in 0..mib {
         f.write_all(&chunk).unwrap();
     }
     drop(f);
-    let rate = |d: Duration| COPY_MIB as f64 / d.as_secs_f64();
+    let rate = |d: Duration| mib as f64 / d.as_secs_f64();
     let (mut cin, mut cout, mut sin, mut sout) = (vec![], vec![], vec![], vec![]);
-    for round in 0..COPY_ROUNDS {
+    for round in 0..rounds {
         let back = p.join(format!("back{round}"));
         let mut c = castra(p);
         c.arg("cp").arg(&big).arg("n:/root/big");
@@ -187,7 +212,7 @@ fn main() {
         let mut c = castra(p);
         c.args(["cp", "n:/root/big"]).arg(&back);
         cout.push(rate(timed(c)));
-        assert_eq!(std::fs::read(&back).unwrap().len(), COPY_MIB << 20);
+        assert_eq!(std::fs::read(&back).unwrap().len(), mib << 20);
         let mut s = ssh_tool("scp", &key);
         s.arg("-q").arg(&big).arg("root@127.0.0.1:/root/big2");
         sin.push(rate(timed(s)));
@@ -195,11 +220,20 @@ fn main() {
         s.args(["-q", "root@127.0.0.1:/root/big2"]).arg(&back);
         sout.push(rate(timed(s)));
         std::fs::remove_file(&back).unwrap();
+        let last = |v: &[f64]| v[v.len() - 1];
+        eprintln!(
+            "round {round}: cp in {:.1} / scp {:.1} MiB/s, cp out {:.1} / scp {:.1} MiB/s",
+            last(&cin),
+            last(&sin),
+            last(&cout),
+            last(&sout)
+        );
     }
-    let _ = castra(p).arg("down").output();
 
     let (ci, co, si, so) = (median(cin), median(cout), median(sin), median(sout));
-    println!("castra vs OpenSSH, Debian+Nix guest under TCG, same run:");
+    println!(
+        "castra vs OpenSSH, Debian+Nix guest under TCG, same run ({runs} execs, {rounds} copy rounds):"
+    );
     println!("| | castra | OpenSSH | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(
@@ -211,11 +245,11 @@ fn main() {
         o99 / s99
     );
     println!(
-        "| cp in, {COPY_MIB} MiB | {ci:.1} MiB/s | {si:.1} MiB/s | {:.2}x | >= 2x |",
+        "| cp in, {mib} MiB | {ci:.1} MiB/s | {si:.1} MiB/s | {:.2}x | >= 2x |",
         ci / si
     );
     println!(
-        "| cp out, {COPY_MIB} MiB | {co:.1} MiB/s | {so:.1} MiB/s | {:.2}x | >= 2x |",
+        "| cp out, {mib} MiB | {co:.1} MiB/s | {so:.1} MiB/s | {:.2}x | >= 2x |",
         co / so
     );
 }
