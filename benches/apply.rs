@@ -10,80 +10,25 @@
 //! - a no-op `apply` and `status --json` with 3 VMs running (baseline: process
 //!   start, `castra --version`), and `status --json` with the broker frozen.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use castra::qemu::qmp::Qmp;
 
+mod common;
+use common::{
+    Launch, await_hellos, castra, kill_by_pidfiles, launches, median, project, spawn_by_hand,
+};
+
 const ROUNDS: usize = 5;
 const PORT: u16 = 7791;
-
-fn castra(dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_castra"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run castra");
-    assert!(
-        out.status.success(),
-        "castra {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn project(n: usize) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("cb")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut toml = format!("[project]\nname = \"bench\"\n[broker]\nport = {PORT}\n");
-    for i in 0..n {
-        toml.push_str(&format!("[[vms]]\nname = \"vm{i}\"\nmemory = \"128M\"\n"));
-    }
-    std::fs::write(dir.path().join("castra.toml"), toml).unwrap();
-    dir
-}
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
 
 fn timed(f: impl FnOnce()) -> Duration {
     let t = Instant::now();
     f();
     t.elapsed()
-}
-
-struct Launch {
-    argv: Vec<String>,
-    qmp: PathBuf,
-    token: PathBuf,
-}
-
-fn launches(dir: &Path, n: usize) -> Vec<Launch> {
-    (0..n)
-        .map(|i| {
-            let vm = dir.join(format!(".castra/vms/vm{i}"));
-            let rec: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(vm.join("launch.json")).unwrap()).unwrap();
-            Launch {
-                argv: rec["argv"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|a| a.as_str().unwrap().to_owned())
-                    .collect(),
-                qmp: PathBuf::from(rec["qmp_socket"].as_str().unwrap()),
-                token: vm.join("token"),
-            }
-        })
-        .collect()
 }
 
 fn wait_running(sock: &Path) {
@@ -101,50 +46,13 @@ fn wait_running(sock: &Path) {
 /// Start the argvs by hand; returns (time to all running, time to every guest's first hello).
 fn by_hand(ls: &[Launch]) -> (Duration, Duration) {
     let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("bench port free");
-    for l in ls {
-        std::fs::write(&l.token, "bench").unwrap();
-    }
-    let t = Instant::now();
-    let children: Vec<_> = ls
-        .iter()
-        .map(|l| {
-            Command::new(&l.argv[0])
-                .args(&l.argv[1..])
-                .spawn()
-                .expect("spawn qemu")
-        })
-        .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "hand-started qemu failed");
-    }
+    let t = spawn_by_hand(ls);
     for l in ls {
         wait_running(&l.qmp);
     }
     let running = t.elapsed();
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < ls.len() {
-        let (mut conn, _) = listener.accept().unwrap();
-        let _ = conn.write_all(b"castra-broker 1 ready\n");
-        let mut hello = String::new();
-        let _ = BufReader::new(&conn).read_line(&mut hello);
-        if let Some(vm) = hello.split_whitespace().nth(1) {
-            seen.insert(vm.to_owned());
-        }
-    }
+    await_hellos(&listener, ls.len());
     (running, t.elapsed())
-}
-
-fn kill_by_pidfiles(dir: &Path, n: usize) {
-    for i in 0..n {
-        let vm = dir.join(format!(".castra/vms/vm{i}"));
-        if let Ok(pid) = std::fs::read_to_string(vm.join("qemu.pid")) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
-        for f in ["qemu.pid", "qmp.sock", "token"] {
-            let _ = std::fs::remove_file(vm.join(f));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn all_reachable(dir: &Path) -> bool {
@@ -178,7 +86,7 @@ fn main() {
         "case", "castra", "baseline", "overhead"
     );
     for n in [1usize, 3] {
-        let dir = project(n);
+        let dir = project("bench", PORT, n);
         let (mut c_run, mut c_reach, mut h_run, mut h_conn) = (vec![], vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
             let t = Instant::now();

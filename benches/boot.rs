@@ -15,46 +15,16 @@
 //! table on a machine where KVM works. `CASTRA_BENCH_ROUNDS` (default 5).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{
+    Launch, await_hellos, castra, kill_by_pidfiles, launches, median, project, spawn_by_hand,
+};
+
 const PORT: u16 = 7793;
-
-fn castra(dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_castra"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run castra");
-    assert!(
-        out.status.success(),
-        "castra {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn project(n: usize) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("cb")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut toml = format!("[project]\nname = \"boot\"\n[broker]\nport = {PORT}\n");
-    for i in 0..n {
-        toml.push_str(&format!("[[vms]]\nname = \"vm{i}\"\nmemory = \"128M\"\n"));
-    }
-    std::fs::write(dir.path().join("castra.toml"), toml).unwrap();
-    dir
-}
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
 
 fn status(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&castra(dir, &["status", "--json"]).stdout).unwrap()
@@ -79,70 +49,14 @@ fn apply_to_reachable(dir: &Path) -> (Duration, serde_json::Value) {
     }
 }
 
-struct Launch {
-    argv: Vec<String>,
-    token: PathBuf,
-    pidfile: PathBuf,
-}
-
-fn launches(dir: &Path, n: usize) -> Vec<Launch> {
-    (0..n)
-        .map(|i| {
-            let vm = dir.join(format!(".castra/vms/vm{i}"));
-            let rec: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(vm.join("launch.json")).unwrap()).unwrap();
-            Launch {
-                argv: rec["argv"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|a| a.as_str().unwrap().to_owned())
-                    .collect(),
-                token: vm.join("token"),
-                pidfile: vm.join("qemu.pid"),
-            }
-        })
-        .collect()
-}
-
 /// Raw QEMU: the argvs started by hand at once, until every guest's first
 /// hello on a plain listener at the broker port.
-fn by_hand(ls: &[Launch]) -> Duration {
+fn by_hand(dir: &Path, ls: &[Launch]) -> Duration {
     let listener = TcpListener::bind(("127.0.0.1", PORT)).expect("bench port free");
-    for l in ls {
-        std::fs::write(&l.token, "bench").unwrap();
-    }
-    let t = Instant::now();
-    let children: Vec<_> = ls
-        .iter()
-        .map(|l| {
-            Command::new(&l.argv[0])
-                .args(&l.argv[1..])
-                .spawn()
-                .expect("spawn qemu")
-        })
-        .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "hand-started qemu failed");
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < ls.len() {
-        let (mut conn, _) = listener.accept().unwrap();
-        let _ = conn.write_all(b"castra-broker 1 ready\n");
-        let mut hello = String::new();
-        let _ = BufReader::new(&conn).read_line(&mut hello);
-        if let Some(vm) = hello.split_whitespace().nth(1) {
-            seen.insert(vm.to_owned());
-        }
-    }
+    let t = spawn_by_hand(ls);
+    await_hellos(&listener, ls.len());
     let took = t.elapsed();
-    for l in ls {
-        if let Ok(pid) = std::fs::read_to_string(&l.pidfile) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
-        let _ = std::fs::remove_file(&l.pidfile);
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    kill_by_pidfiles(dir, ls.len());
     took
 }
 
@@ -171,7 +85,7 @@ fn main() {
 
     // 1 VM: fast vs stock vs raw QEMU. Stock rounds first (its image is current
     // only while they run), then fast and raw QEMU interleaved.
-    let dir = project(1);
+    let dir = project("boot", PORT, 1);
     build_image("debian");
     let mut stock = Vec::new();
     for _ in 0..rounds {
@@ -206,7 +120,7 @@ fn main() {
         }
         let ls = launches(dir.path(), 1);
         castra(dir.path(), &["down"]);
-        raw1.push(by_hand(&ls));
+        raw1.push(by_hand(dir.path(), &ls));
     }
     let (f, s, r) = (median(fast1), median(stock), median(raw1));
     println!("accelerator: {accel}");
@@ -234,13 +148,13 @@ fn main() {
         "N VMs in one apply", "castra", "raw QEMU", "overhead"
     );
     for n in [1usize, 4, 8] {
-        let dir = project(n);
+        let dir = project("boot", PORT, n);
         let (mut c, mut h) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             c.push(apply_to_reachable(dir.path()).0);
             let ls = launches(dir.path(), n);
             castra(dir.path(), &["down"]);
-            h.push(by_hand(&ls));
+            h.push(by_hand(dir.path(), &ls));
         }
         let (c, h) = (median(c), median(h));
         println!(

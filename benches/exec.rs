@@ -16,27 +16,10 @@ use std::time::{Duration, Instant};
 use castra::broker::host_client::HostSession;
 use castra::broker::wire::frame::{BrokerFrame, ClientFrame};
 
+mod common;
+use common::{castra, pct};
+
 const PORT: u16 = 7793;
-
-fn castra(dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_castra"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run castra");
-    assert!(
-        out.status.success(),
-        "castra {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn pct(xs: &mut [Duration], p: f64) -> Duration {
-    xs.sort();
-    xs[((xs.len() - 1) as f64 * p).round() as usize]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)

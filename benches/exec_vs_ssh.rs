@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::pct;
+
 const BROKER_PORT: u16 = 7797;
 const SSH_PORT: u16 = 7798;
 /// Defaults; `EXEC_VS_SSH_RUNS`, `EXEC_VS_SSH_MIB` and `EXEC_VS_SSH_ROUNDS`
@@ -102,11 +105,6 @@ impl Drop for Down {
     fn drop(&mut self) {
         let _ = castra(&self.0).arg("down").output();
     }
-}
-
-fn pct(xs: &mut [Duration], p: f64) -> Duration {
-    xs.sort();
-    xs[((xs.len() - 1) as f64 * p).round() as usize]
 }
 
 fn ms(d: Duration) -> f64 {

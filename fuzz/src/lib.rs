@@ -3,9 +3,8 @@
 //! outcomes must agree. The first two bytes of a fuzz input pick the split
 //! point; the rest is the stream.
 
-use castra::broker::wire::frame::Decoder;
+pub use castra::broker::wire::frame::decode_all;
 use castra::broker::wire::line::{LinePush, LineReader};
-use castra::broker::wire::reason::Reason;
 
 /// `(split point in 0..=stream.len(), stream)` from a fuzz input.
 pub fn split_input(data: &[u8]) -> (usize, &[u8]) {
@@ -24,23 +23,6 @@ pub fn feeds(stream: &[u8], cut: usize) -> [Vec<&[u8]>; 3] {
         vec![&stream[..cut], &stream[cut..]],
         stream.chunks(1).collect(),
     ]
-}
-
-/// Every frame body decoded from `chunks`, and the error that stopped it.
-pub fn decode_all(chunks: &[&[u8]], limit: u32) -> (Vec<Vec<u8>>, Option<Reason>) {
-    let mut d = Decoder::new(limit);
-    let mut out = Vec::new();
-    for chunk in chunks {
-        let mut input = *chunk;
-        loop {
-            match d.decode(&mut input) {
-                Ok(Some(body)) => out.push(body),
-                Ok(None) => break,
-                Err(r) => return (out, Some(r)),
-            }
-        }
-    }
-    (out, None)
 }
 
 /// What a line reader made of a stream: the line and everything after it

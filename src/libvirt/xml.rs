@@ -8,9 +8,9 @@
 //! `<portForward>` on the user network. Secrets never appear here: the token's
 //! fw_cfg entry names a file on the host (a storage volume), never its value.
 
-use crate::config::{Forward, Machine, VmSpec};
+use crate::config::{Machine, VmSpec};
+use crate::qemu::argv::network_args;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 /// The XML namespace of castra's domain metadata (an identifier, never fetched).
 pub const METADATA_NS: &str = "https://castra.invalid/libvirt/record/1";
@@ -88,40 +88,12 @@ pub fn render(i: &DomainInputs) -> String {
     x.push_str("    <memballoon model='none'/>\n");
     x.push_str("  </devices>\n");
     x.push_str("  <qemu:commandline>\n");
-    for arg in network_args(spec) {
+    for arg in network_args(spec, "castranet0") {
         let _ = writeln!(x, "    <qemu:arg value='{}'/>", esc(&arg));
     }
     x.push_str("  </qemu:commandline>\n");
     x.push_str("</domain>\n");
     x
-}
-
-/// `-netdev user` with the VM's host forwards, and its virtio NIC.
-fn network_args(spec: &VmSpec) -> Vec<String> {
-    let mut netdev = String::from("user,id=castranet0");
-    for f in &spec.forwards {
-        netdev.push_str(",hostfwd=");
-        netdev.push_str(&hostfwd(f));
-    }
-    let device = match spec.machine {
-        Machine::Microvm => "virtio-net-device,netdev=castranet0",
-        Machine::Q35 => "virtio-net-pci,netdev=castranet0",
-    };
-    vec!["-netdev".into(), netdev, "-device".into(), device.into()]
-}
-
-fn hostfwd(f: &Forward) -> String {
-    let addr = match f.host_addr {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    };
-    format!(
-        "{}:{}:{}-:{}",
-        f.proto.as_str(),
-        addr,
-        f.host_port,
-        f.guest_port
-    )
 }
 
 /// XML text and attribute escaping.
@@ -165,7 +137,7 @@ pub fn record_from_metadata(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AccelChoice, ImageSpec, Proto, parse_size};
+    use crate::config::{AccelChoice, Forward, ImageSpec, Proto, parse_size};
 
     fn spec() -> VmSpec {
         VmSpec {

@@ -85,15 +85,8 @@ pub fn build(i: &LaunchInputs) -> Vec<String> {
     a.push2("-D", raw_path(&i.paths.qemu_log()));
 
     // Network: user-mode NAT, host forwards.
-    let mut netdev = String::from("user,id=net0");
-    for f in &spec.forwards {
-        netdev.push_str(",hostfwd=");
-        netdev.push_str(&hostfwd(f));
-    }
-    a.push2("-netdev", netdev);
-    match spec.machine {
-        Machine::Microvm => a.push2("-device", "virtio-net-device,netdev=net0"),
-        Machine::Q35 => a.push2("-device", "virtio-net-pci,netdev=net0"),
+    for arg in network_args(spec, "net0") {
+        a.push(arg);
     }
 
     // What the guest boots.
@@ -175,6 +168,27 @@ fn escape_path(p: &Path) -> String {
 
 fn raw_path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// `-netdev user` (netdev `id`) with the VM's host forwards, then its virtio
+/// NIC: the four arguments QEMU takes, also passed through libvirt's domain
+/// XML (`libvirt/xml.rs`).
+pub fn network_args(spec: &VmSpec, id: &str) -> [String; 4] {
+    let mut netdev = format!("user,id={id}");
+    for f in &spec.forwards {
+        netdev.push_str(",hostfwd=");
+        netdev.push_str(&hostfwd(f));
+    }
+    let nic = match spec.machine {
+        Machine::Microvm => "virtio-net-device",
+        Machine::Q35 => "virtio-net-pci",
+    };
+    [
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        format!("{nic},netdev={id}"),
+    ]
 }
 
 /// `tcp:127.0.0.1:8080-:80`

@@ -46,6 +46,29 @@ impl Executor<'_> {
         })
     }
 
+    /// The VM's host as libvirt's client, and how a failed virsh call there
+    /// becomes a step error naming the VM, the host, its URI and the action.
+    fn on_host(
+        &self,
+        vm: &str,
+        host_name: &str,
+    ) -> Result<(Host<'_>, impl Fn(&str, VirshError) -> StepError), StepError> {
+        let hs = self.host_spec(vm, host_name)?;
+        let vm = vm.to_owned();
+        let fail = move |what: &str, e: VirshError| StepError::Host {
+            vm: vm.clone(),
+            host: hs.name.clone(),
+            uri: hs.uri.clone(),
+            what: what.into(),
+            error: e.to_string(),
+        };
+        let host = Host {
+            name: &hs.name,
+            uri: &hs.uri,
+        };
+        Ok((host, fail))
+    }
+
     /// Start `want` on its host and wait until libvirt says it runs.
     pub(super) fn start_on_host(
         &self,
@@ -56,18 +79,7 @@ impl Executor<'_> {
     ) -> Result<(), StepError> {
         let spec = &want.spec;
         let vm = spec.name.as_str();
-        let hs = self.host_spec(vm, host_name)?;
-        let host = Host {
-            name: &hs.name,
-            uri: &hs.uri,
-        };
-        let fail = |what: &str, e: VirshError| StepError::Host {
-            vm: vm.into(),
-            host: hs.name.clone(),
-            uri: hs.uri.clone(),
-            what: what.into(),
-            error: e.to_string(),
-        };
+        let (host, fail) = self.on_host(vm, host_name)?;
         create_private_dir(&paths.dir)?;
         let names = project_names(self.project);
         let domain = names.domain(vm);
@@ -170,7 +182,7 @@ impl Executor<'_> {
             launched_at_ms: now_ms(),
             castra_version: env!("CARGO_PKG_VERSION").into(),
             argv: Vec::new(),
-            host: Some(hs.name.clone()),
+            host: Some(host.name.to_owned()),
         };
         let record_json = serde_json::to_string(&record).unwrap_or_default();
         let serial = format!("/var/log/libvirt/qemu/{domain}.serial.log");
@@ -232,18 +244,7 @@ impl Executor<'_> {
         host_name: &str,
     ) -> Result<ShutdownOutcome, StepError> {
         let t0 = Instant::now();
-        let hs = self.host_spec(vm, host_name)?;
-        let host = Host {
-            name: &hs.name,
-            uri: &hs.uri,
-        };
-        let fail = |what: &str, e: VirshError| StepError::Host {
-            vm: vm.into(),
-            host: hs.name.clone(),
-            uri: hs.uri.clone(),
-            what: what.into(),
-            error: e.to_string(),
-        };
+        let (host, fail) = self.on_host(vm, host_name)?;
         let names = project_names(self.project);
         let domain = names.domain(vm);
         let gone = |host: &Host| -> Result<bool, StepError> {

@@ -80,6 +80,25 @@ impl Decoder {
     }
 }
 
+/// Every frame body in `chunks` fed in order to one decoder, and the error
+/// that stopped it (`None`: all consumed). For tests and the fuzz targets,
+/// which feed one stream whole, split and byte by byte and compare.
+pub fn decode_all(chunks: &[&[u8]], limit: u32) -> (Vec<Vec<u8>>, Option<Reason>) {
+    let mut d = Decoder::new(limit);
+    let mut out = Vec::new();
+    for chunk in chunks {
+        let mut input = *chunk;
+        loop {
+            match d.decode(&mut input) {
+                Ok(Some(body)) => out.push(body),
+                Ok(None) => break,
+                Err(r) => return (out, Some(r)),
+            }
+        }
+    }
+    (out, None)
+}
+
 /// Encode a serializable frame (fields in declaration order, `type` first).
 pub fn encode<T: Serialize>(frame: &T) -> Vec<u8> {
     // Frames are plain structs and `Value`s: serializing them cannot fail.
@@ -277,23 +296,6 @@ mod tests {
         let mut out = (body.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(body);
         out
-    }
-
-    /// Decode everything, collecting bodies until the first error.
-    fn decode_all(chunks: &[&[u8]], limit: u32) -> (Vec<Vec<u8>>, Option<Reason>) {
-        let mut d = Decoder::new(limit);
-        let mut out = Vec::new();
-        for chunk in chunks {
-            let mut input = *chunk;
-            loop {
-                match d.decode(&mut input) {
-                    Ok(Some(body)) => out.push(body),
-                    Ok(None) => break,
-                    Err(r) => return (out, Some(r)),
-                }
-            }
-        }
-        (out, None)
     }
 
     #[test]
