@@ -310,7 +310,13 @@ fn completions_and_man_pages_cover_every_command() {
         for word in ["apply", "exec", "shell", "cp", "wait", "publish"] {
             assert!(script.contains(word), "{shell} completions lack {word}");
         }
-        assert!(!script.contains("broker --state-root"), "{shell}");
+        // The hidden `broker` is not offered: none of its own flags is there.
+        for flag in ["--state-root", "--allow-tokenless-handshake"] {
+            assert!(
+                !script.contains(flag),
+                "{shell} offers the hidden broker's {flag}"
+            );
+        }
     }
     let out = p.castra(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -21,9 +21,23 @@ pub struct CompletionsArgs {
 }
 
 /// Writes `shell`'s completion script for `cmd` to stdout.
-pub fn run(args: &CompletionsArgs, mut cmd: clap::Command) -> Result<ExitCode> {
+pub fn run(args: &CompletionsArgs, cmd: clap::Command) -> Result<ExitCode> {
     let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut cmd, "castra", &mut script);
+    clap_complete::generate(args.shell, &mut without_hidden(&cmd), "castra", &mut script);
     std::io::stdout().lock().write_all(&script)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cmd` without its hidden commands (`broker`, `up`): clap_complete offers
+/// hidden subcommands like any other, and they are not for users to type.
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    let visible: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new("castra")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(cmd.get_arguments().cloned())
+        .subcommands(visible)
 }
