@@ -9,7 +9,6 @@
 //! fw_cfg entry names a file on the host (a storage volume), never its value.
 
 use crate::config::{Machine, VmSpec};
-use crate::qemu::argv::network_args;
 use std::fmt::Write as _;
 
 /// The XML namespace of castra's domain metadata (an identifier, never fetched).
@@ -36,6 +35,9 @@ pub struct DomainInputs<'a> {
     pub serial_log: &'a str,
     /// castra's launch record (JSON), kept in the domain's metadata.
     pub record_json: &'a str,
+    /// QEMU arguments passed through as `<qemu:arg>` (the user-mode network
+    /// and its forwards, as `qemu::argv::network_args` spells them).
+    pub qemu_args: &'a [String],
 }
 
 /// The `<domain>` document for `virsh create`.
@@ -88,8 +90,8 @@ pub fn render(i: &DomainInputs) -> String {
     x.push_str("    <memballoon model='none'/>\n");
     x.push_str("  </devices>\n");
     x.push_str("  <qemu:commandline>\n");
-    for arg in network_args(spec, "castranet0") {
-        let _ = writeln!(x, "    <qemu:arg value='{}'/>", esc(&arg));
+    for arg in i.qemu_args {
+        let _ = writeln!(x, "    <qemu:arg value='{}'/>", esc(arg));
     }
     x.push_str("  </qemu:commandline>\n");
     x.push_str("</domain>\n");
@@ -175,6 +177,7 @@ mod tests {
             fw_cfg_values: &values,
             serial_log: "/var/log/x.log",
             record_json: "{\"a\":\"<&>\"}",
+            qemu_args: &crate::qemu::argv::network_args(&s, "castranet0"),
         });
         assert!(xml.contains("<name>castra-demo-0a1b2c-web</name>"), "{xml}");
         assert!(xml.contains("<memory unit='MiB'>512</memory>"), "{xml}");

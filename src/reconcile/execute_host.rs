@@ -199,6 +199,7 @@ impl Executor<'_> {
             ],
             serial_log: &serial,
             record_json: &record_json,
+            qemu_args: &crate::qemu::argv::network_args(spec, "castranet0"),
         });
         crate::fsutil::write_atomic(&paths.domain_xml(), text.as_bytes()).map_err(|source| {
             StepError::Write {
