@@ -13,6 +13,7 @@ pub mod frame_reader;
 pub mod host_client;
 pub mod host_socket;
 pub mod hub;
+mod pending;
 pub mod recorder;
 pub mod server;
 pub mod session;

@@ -26,12 +26,14 @@ use smol::Timer;
 use serde_json::Value;
 
 use super::buslog::Append;
-use super::context::{Ctx, FINAL_GRACE, WRITE_TIMEOUT};
+use super::context::{
+    Ctx, DENIAL_DELAY, DENIAL_DELAY_REASONS, FINAL_GRACE, MAX_PUBLISHES_IN_FLIGHT, WRITE_TIMEOUT,
+};
 use super::hub::{Delivery, Frame, HubMsg};
 use super::session::{Effect, Input, Session, State};
 use super::stamp::unix_ms;
 use super::wire::frame::{self, ClientFrame, Decoder};
-use super::wire::hello::{GREETING, MAX_HELLO_LINE};
+use super::wire::hello::{GREETING, MAX_HELLO_LINE, Reply};
 use super::wire::line::{LinePush, LineReader};
 use super::wire::reason::Reason;
 
@@ -96,6 +98,9 @@ struct Conn<S: Stream> {
     tick_at: Option<Instant>,
     /// The hello's capabilities (an `exec-v1` agent can be asked for streams).
     caps: Vec<String>,
+    /// Publishes handed to the bus log whose completion has not come back:
+    /// at [`MAX_PUBLISHES_IN_FLIGHT`] the session stops reading its socket.
+    publishing: usize,
 }
 
 /// How the hello phase ended.
@@ -105,6 +110,8 @@ enum Hello {
     /// A stream connection (`stream=<id>`): its hello line and what followed.
     Stream(Vec<u8>, Vec<u8>),
     Done,
+    /// Closed to make room at the connection cap (`pending.rs`).
+    Evicted,
 }
 
 impl<S: Stream> Conn<S> {
@@ -121,6 +128,7 @@ impl<S: Stream> Conn<S> {
             tick: Timer::never(),
             tick_at: None,
             caps: Vec::new(),
+            publishing: 0,
         }
     }
 }
@@ -136,7 +144,15 @@ pub(super) async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAd
     {
         return;
     }
-    match conn.hello_phase().await {
+    // Until the hello is done, the connection may be told to make room.
+    let (ticket, evicted) = conn.ctx.pending.enter();
+    let hello = super::pending::unless_evicted(&evicted, conn.hello_phase()).await;
+    drop(ticket);
+    match hello.unwrap_or(Hello::Evicted) {
+        Hello::Evicted => {
+            let refusal = Reply::Error(Reason::TooManyConnections).to_line();
+            let _ = conn.write(format!("{refusal}\n").as_bytes()).await;
+        }
         Hello::Bus(rest) => {
             conn.open_bus();
             conn.frame_phase(&rest).await;
@@ -194,7 +210,16 @@ impl<S: Stream> Conn<S> {
             .filter(|_| self.session.can_deliver())
             .map(|b| b.deliveries.clone());
         let reader = &mut self.reader;
-        let read = async { Wake::Read(reader.read(buf).await) };
+        // A publisher far ahead of the log waits for its completions before
+        // more of its bytes are read (TCP slows it), so it cannot fill the
+        // log's shared queue in front of everyone else's publishes.
+        let reading = self.publishing < MAX_PUBLISHES_IN_FLIGHT;
+        let read = async {
+            if !reading {
+                std::future::pending::<()>().await
+            }
+            Wake::Read(reader.read(buf).await)
+        };
         let (timer, tick_at) = (&mut self.tick, &mut self.tick_at);
         let tick = async {
             if deadline.is_none() {
@@ -363,6 +388,9 @@ impl<S: Stream> Conn<S> {
         loop {
             let wake = self.wait(&mut buf).await;
             let delivered = matches!(wake, Wake::Deliver(_));
+            if let Wake::Committed(..) = wake {
+                self.publishing = self.publishing.saturating_sub(1);
+            }
             let flow = match Self::input_for(wake) {
                 Ok(input) => {
                     let effects = self.step(input);
@@ -426,6 +454,11 @@ impl<S: Stream> Conn<S> {
         for effect in effects {
             let written = match effect {
                 Effect::Reply(reply) => {
+                    if let Reply::Error(reason) = &reply
+                        && DENIAL_DELAY_REASONS.contains(reason)
+                    {
+                        Timer::after(DENIAL_DELAY).await;
+                    }
                     self.write(format!("{}\n", reply.to_line()).as_bytes())
                         .await
                 }
@@ -525,6 +558,7 @@ impl<S: Stream> Conn<S> {
         if self.ctx.bus_log.send(append).await.is_err() {
             let _ = bus.commits_tx.try_send((None, Err(Reason::StorageError)));
         }
+        self.publishing += 1;
         Ok(())
     }
 

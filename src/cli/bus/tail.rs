@@ -8,6 +8,7 @@
 //! run; only a clock set back while the broker was stopped breaks it, see
 //! docs/BUS.md), so none of its records would be printed.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ use crate::broker::buslog::{LogRecord, generations};
 use crate::broker::consumer::render_line;
 use crate::broker::stamp::unix_ms;
 use crate::layout::StateLayout;
+
+/// How much of the log is read at a time (bytes).
+const READ_CHUNK: u64 = 1 << 20;
 
 /// How often `tail -f` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
@@ -95,19 +99,27 @@ pub fn run(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
         );
     }
     let mut out = io::stdout().lock();
-    // Rotated generations first (oldest to newest), then the live file.
+    // Rotated generations first (oldest to newest), then the live file, a
+    // chunk at a time: memory stays bounded by the chunk and by `-n`,
+    // whatever the log's size. A closed stdout (`| head`) ends the command
+    // in `main`, quietly.
     let mut reader = follower(path, since);
-    let mut lines = reader.poll()?;
-    let mut first = true;
+    print_backlog(args, since.as_ref(), &mut reader, &mut out)?;
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
     loop {
-        // A closed stdout (`| head`) ends the command in `main`, quietly.
-        print(args, since.as_ref(), &lines, first, &mut out)?;
-        first = false;
-        if !args.follow {
-            return Ok(ExitCode::SUCCESS);
-        }
         std::thread::sleep(FOLLOW_POLL);
-        lines = reader.poll()?;
+        loop {
+            let lines = reader.poll_upto(READ_CHUNK)?;
+            if lines.is_empty() {
+                break;
+            }
+            for text in selected_lines(args, since.as_ref(), &lines) {
+                writeln!(out, "{text}")?;
+            }
+        }
+        let _ = out.flush();
     }
 }
 
@@ -119,33 +131,54 @@ fn follower(path: PathBuf, since: Option<Since>) -> Follower {
     }
 }
 
-/// Print the records among `lines` that pass the filters (of the first
-/// batch, only the last `-n`); an error only when `out` is closed.
-fn print(
+/// What the log holds now, a chunk at a time (of it, only the last `-n`).
+fn print_backlog(
     args: &TailArgs,
     since: Option<&Since>,
-    lines: &[String],
-    first: bool,
+    reader: &mut Follower,
     out: &mut impl Write,
-) -> io::Result<()> {
-    let mut recs: Vec<(&str, LogRecord)> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l.as_str(), r)))
-        .filter(|(_, r)| selected(r, args.topic.as_deref(), since))
-        .collect();
-    if first && let Some(n) = args.lines {
-        let skip = recs.len().saturating_sub(n);
-        recs.drain(..skip);
-    }
-    for (line, rec) in recs {
-        if args.json {
-            writeln!(out, "{line}")?;
-        } else {
-            writeln!(out, "{}", render(&rec))?;
+) -> Result<()> {
+    let mut last: VecDeque<String> = VecDeque::new();
+    loop {
+        let lines = reader.poll_upto(READ_CHUNK)?;
+        if lines.is_empty() {
+            break;
         }
+        for text in selected_lines(args, since, &lines) {
+            match args.lines {
+                Some(n) => {
+                    if last.len() >= n {
+                        last.pop_front();
+                    }
+                    if n > 0 {
+                        last.push_back(text);
+                    }
+                }
+                None => writeln!(out, "{text}")?,
+            }
+        }
+    }
+    for text in last {
+        writeln!(out, "{text}")?;
     }
     let _ = out.flush();
     Ok(())
+}
+
+/// The records among `lines` that pass the filters, as printed.
+fn selected_lines(args: &TailArgs, since: Option<&Since>, lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l.as_str(), r)))
+        .filter(|(_, r)| selected(r, args.topic.as_deref(), since))
+        .map(|(line, rec)| {
+            if args.json {
+                line.to_owned()
+            } else {
+                render(&rec)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -236,9 +269,8 @@ mod tests {
     /// What a non-following tail prints, with or without passing over files.
     fn output(args: &TailArgs, path: &Path, since: Since, pass_over: bool) -> String {
         let mut reader = follower(path.to_owned(), pass_over.then_some(since));
-        let lines = reader.poll().unwrap();
         let mut out = Vec::new();
-        print(args, Some(&since), &lines, true, &mut out).unwrap();
+        print_backlog(args, Some(&since), &mut reader, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 
