@@ -104,7 +104,8 @@ pub fn run(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
     // whatever the log's size. A closed stdout (`| head`) ends the command
     // in `main`, quietly.
     let mut reader = follower(path, since);
-    print_backlog(args, since.as_ref(), &mut reader, &mut out)?;
+    let mut missed = Missed::new(args.vm.is_none());
+    print_backlog(args, since.as_ref(), &mut reader, &mut missed, &mut out)?;
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -115,7 +116,7 @@ pub fn run(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
             if lines.is_empty() {
                 break;
             }
-            for text in selected_lines(args, since.as_ref(), &lines) {
+            for text in selected_lines(args, since.as_ref(), &lines, &mut missed) {
                 writeln!(out, "{text}")?;
             }
         }
@@ -136,6 +137,7 @@ fn print_backlog(
     args: &TailArgs,
     since: Option<&Since>,
     reader: &mut Follower,
+    missed: &mut Missed,
     out: &mut impl Write,
 ) -> Result<()> {
     let mut last: VecDeque<String> = VecDeque::new();
@@ -144,7 +146,7 @@ fn print_backlog(
         if lines.is_empty() {
             break;
         }
-        for text in selected_lines(args, since, &lines) {
+        for text in selected_lines(args, since, &lines, missed) {
             match args.lines {
                 Some(n) => {
                     if last.len() >= n {
@@ -165,11 +167,54 @@ fn print_backlog(
     Ok(())
 }
 
+/// all.log numbers its records without gaps, so a jump in `seq` while
+/// reading it means records were rotated away before this reader got to
+/// them (a follower that fell behind by more rotations than are kept). A
+/// VM's log holds only its own records: no gaps are judged there.
+pub struct Missed {
+    judge: bool,
+    last: Option<u64>,
+}
+
+impl Missed {
+    pub fn new(all_log: bool) -> Missed {
+        Missed {
+            judge: all_log,
+            last: None,
+        }
+    }
+
+    /// The range skipped before `seq`, if any.
+    fn see(&mut self, seq: u64) -> Option<(u64, u64)> {
+        let gap = match self.last {
+            Some(last) if self.judge && seq > last + 1 => Some((last + 1, seq - 1)),
+            _ => None,
+        };
+        self.last = Some(self.last.map_or(seq, |l| l.max(seq)));
+        gap
+    }
+}
+
 /// The records among `lines` that pass the filters, as printed.
-fn selected_lines(args: &TailArgs, since: Option<&Since>, lines: &[String]) -> Vec<String> {
+/// Records never read (rotated away first) are reported on stderr.
+fn selected_lines(
+    args: &TailArgs,
+    since: Option<&Since>,
+    lines: &[String],
+    missed: &mut Missed,
+) -> Vec<String> {
     lines
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l.as_str(), r)))
+        .inspect(|(_, r): &(&str, LogRecord)| {
+            if let Some((from, to)) = missed.see(r.seq) {
+                eprintln!(
+                    "castra bus tail: missed {} records (#{from}..#{to}): their files were rotated \
+                     away before they were read (--bus-log-keep keeps more)",
+                    to - from + 1
+                );
+            }
+        })
         .filter(|(_, r)| selected(r, args.topic.as_deref(), since))
         .map(|(line, rec)| {
             if args.json {
@@ -184,6 +229,16 @@ fn selected_lines(args: &TailArgs, since: Option<&Since>, lines: &[String]) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jump_in_all_logs_seq_is_a_missed_range() {
+        let mut m = Missed::new(true);
+        assert_eq!([1, 2, 3].map(|s| m.see(s)), [None; 3]);
+        assert_eq!(m.see(10), Some((4, 9)));
+        assert_eq!(m.see(11), None);
+        let mut vm = Missed::new(false);
+        assert_eq!([1, 5].map(|s| vm.see(s)), [None; 2]);
+    }
     use crate::broker::buslog::follow::read_lines;
     use crate::broker::buslog::{self, Append, Rotation, read_records};
     use serde_json::json;
@@ -270,7 +325,8 @@ mod tests {
     fn output(args: &TailArgs, path: &Path, since: Since, pass_over: bool) -> String {
         let mut reader = follower(path.to_owned(), pass_over.then_some(since));
         let mut out = Vec::new();
-        print_backlog(args, Some(&since), &mut reader, &mut out).unwrap();
+        let mut missed = Missed::new(true);
+        print_backlog(args, Some(&since), &mut reader, &mut missed, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 
