@@ -71,8 +71,12 @@ fn handshakes_denials_state_events_and_shutdown() {
         assert_eq!(reply_to(port, line), (want.to_owned(), true), "{line}");
     }
 
+    // (The malformed hello is the last: once state.json counts it, every
+    // denial's event is in events.jsonl, which is written first.)
     let s = broker.state_when(|s| {
-        s.denied_unknown_vm == 1 && s.vms.get("db").is_some_and(|d| d.denials == 1)
+        s.denied_unknown_vm == 1
+            && s.denied_malformed == 1
+            && s.vms.get("db").is_some_and(|d| d.denials == 1)
     });
     let now = now_ms();
     let web = &s.vms["web"];

@@ -201,6 +201,7 @@ fn a_full_disk_refuses_publishes_clearly_keeps_serving_and_resumes_by_itself() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "publish on a full disk succeeded");
+    println!("disk full: castra bus publish said: {}", stderr.trim());
     assert!(
         stderr.contains("storage_error") && stderr.contains("full"),
         "the error must name the full disk: {stderr}"
@@ -218,9 +219,14 @@ fn a_full_disk_refuses_publishes_clearly_keeps_serving_and_resumes_by_itself() {
     std::fs::remove_file(&filler).unwrap();
     std::fs::remove_file(&filler2).unwrap();
     let ok_before = count(&acks, true);
+    let freed = std::time::Instant::now();
     until("publishing resumed", 30, || {
         count(&acks, true) > ok_before + 20
     });
+    println!(
+        "disk full: publishing resumed {:.0?} after the space was freed",
+        freed.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     publishing.join().unwrap();
     heartbeat(&mut db);

@@ -192,3 +192,69 @@ fn tail_since_a_time_a_duration_or_a_seq_across_rotation_and_with_follow() {
         "{err}"
     );
 }
+
+/// A follower that falls behind by more rotations than are kept (stopped
+/// with SIGSTOP while 200 records rotate through 1 KB files, 2 kept) goes on
+/// at the oldest kept record, prints nothing twice, and says on stderr how
+/// many records it missed: printed + missed = everything published.
+#[test]
+fn a_follower_behind_by_more_rotations_than_kept_says_what_it_missed() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let root = project(&[]);
+    let port = free_port();
+    let _broker = Broker::start(
+        root.path(),
+        port,
+        &["--bus-log-max-bytes", "1000", "--bus-log-keep", "2"],
+    );
+    let mut follow = KillOnDrop::spawn(
+        cli(root.path(), &["bus", "tail", "-f", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let (ftx, frx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let _ = ftx.send(v["seq"].as_u64().unwrap());
+        }
+    });
+    let (etx, erx) = std::sync::mpsc::channel();
+    let stderr = follow.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = etx.send(line);
+        }
+    });
+    let wait = Duration::from_secs(20);
+    let first = publish_job(root.path(), 0);
+    assert_eq!(frx.recv_timeout(wait).unwrap(), first);
+    let pid = Pid::from_raw(follow.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let mut last = first;
+    for i in 1..=200 {
+        last = publish_job(root.path(), i);
+    }
+    kill(pid, Signal::SIGCONT).unwrap();
+    let mut printed = vec![first];
+    while *printed.last().unwrap() < last {
+        printed.push(frx.recv_timeout(wait).expect("the follower stopped"));
+    }
+    assert!(
+        printed.windows(2).all(|w| w[0] < w[1]),
+        "printed twice or out of order: {printed:?}"
+    );
+    let said = erx
+        .recv_timeout(wait)
+        .expect("no word about the missed records");
+    let missed: u64 = said
+        .strip_prefix("castra bus tail: missed ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    println!("fell behind: {} printed, {said}", printed.len());
+    assert!(missed > 0);
+    assert_eq!(printed.len() as u64 + missed, last - first + 1, "{said}");
+}

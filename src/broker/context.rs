@@ -18,6 +18,7 @@ use super::session::SessionConfig;
 use super::stamp::log;
 use super::token::{TokenLookup, read_token_file};
 use super::wire::frame;
+use super::wire::reason::Reason;
 use crate::layout::StateLayout;
 
 /// Default cap on simultaneous connections (guest port).
@@ -29,6 +30,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// When a session closes, how long its writer may take to finish the frame
 /// in flight and send the last frames (`bye`) before the socket is closed.
 pub const FINAL_GRACE: Duration = Duration::from_secs(1);
+/// Publishes one session may have waiting for the bus log; beyond them the
+/// broker reads nothing more from it until completions come back.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
+/// A hello refused for its token or VM name is answered after this delay
+/// (the connection held meanwhile): a client guessing tokens in a loop gets
+/// a few tries a second per connection instead of as many as the broker can
+/// answer, so real guests' hellos are not queued behind its flood.
+pub const DENIAL_DELAY: Duration = Duration::from_millis(500);
+/// The refusals [`DENIAL_DELAY`] applies to.
+pub const DENIAL_DELAY_REASONS: [Reason; 3] =
+    [Reason::BadToken, Reason::MissingToken, Reason::UnknownVm];
 /// How long a host `publish` request waits for its durable append.
 pub const HOST_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -81,6 +93,8 @@ pub(super) struct Ctx {
     pub(super) tasks: Arc<smol::Executor<'static>>,
     /// Agents that serve streams, and streams waiting for their agent.
     pub(super) streams: super::stream::registry::Registry,
+    /// Guest connections still in their hello (evicted oldest first at the cap).
+    pub(super) pending: Arc<super::pending::Pending>,
 }
 
 impl Ctx {

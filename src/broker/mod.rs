@@ -14,6 +14,7 @@ pub mod host_client;
 pub mod host_socket;
 pub mod hosts_poller;
 pub mod hub;
+mod pending;
 pub mod recorder;
 pub mod server;
 pub mod session;

@@ -158,6 +158,7 @@ pub fn run(opts: BrokerOptions) -> Result<(), BrokerError> {
         next_key: AtomicU64::new(1),
         tasks: tasks.clone(),
         streams: Default::default(),
+        pending: Default::default(),
     });
     ctx.spawn(hub::run(hub, hub_rx, ctx.recorder.clone()))
         .detach();
@@ -262,7 +263,11 @@ async fn accept_guests(ctx: Arc<Ctx>, listener: TcpListener) {
         match accepted {
             None => return,
             Some(Ok((stream, peer))) => {
-                if ctx.connections.load(Ordering::SeqCst) >= ctx.opts.max_connections {
+                // At the cap, the oldest connection still in its hello
+                // makes room; only when there is none is this one refused.
+                if ctx.connections.load(Ordering::SeqCst) >= ctx.opts.max_connections
+                    && !ctx.pending.evict_oldest()
+                {
                     ctx.spawn(refuse(stream, Reason::TooManyConnections))
                         .detach();
                     continue;

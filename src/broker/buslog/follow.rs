@@ -141,7 +141,15 @@ impl Follower {
 
     /// Every complete line added since the last call.
     pub fn poll(&mut self) -> Result<Vec<String>, FollowError> {
+        self.poll_upto(u64::MAX)
+    }
+
+    /// Complete lines added since the last call, about `budget` bytes of
+    /// them at most (at least one line): call again until it returns none
+    /// to read a large backlog in bounded memory.
+    pub fn poll_upto(&mut self, budget: u64) -> Result<Vec<String>, FollowError> {
         let mut lines = Vec::new();
+        let mut left = budget;
         loop {
             let live_ino = inode(&self.path);
             match &mut self.current {
@@ -151,9 +159,15 @@ impl Follower {
                 },
                 Some((file, ino, pos)) => {
                     let rotated = live_ino != Some(*ino);
-                    let (new, next) = read_lines(file, *pos, &self.path)?;
+                    let (new, next) = read_lines_upto(file, *pos, &self.path, left)?;
+                    let used = next - *pos;
                     *pos = next;
                     lines.extend(new);
+                    if used >= left {
+                        // The budget ran out: the rest of this file next time.
+                        return Ok(lines);
+                    }
+                    left -= used;
                     if !rotated {
                         return Ok(lines);
                     }
@@ -185,6 +199,17 @@ pub fn read_lines(
     pos: u64,
     path: &Path,
 ) -> Result<(Vec<String>, u64), FollowError> {
+    read_lines_upto(file, pos, path, u64::MAX)
+}
+
+/// [`read_lines`], stopping after the line that reaches `budget` bytes.
+fn read_lines_upto(
+    file: &mut File,
+    pos: u64,
+    path: &Path,
+    budget: u64,
+) -> Result<(Vec<String>, u64), FollowError> {
+    let start = pos;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut pos = pos.min(len);
     file.seek(SeekFrom::Start(pos)).map_err(cannot(path))?;
@@ -200,6 +225,9 @@ pub fn read_lines(
         pos += n as u64;
         if let Ok(line) = std::str::from_utf8(&buf) {
             lines.push(line.trim_end().to_owned());
+        }
+        if pos - start >= budget {
+            break;
         }
     }
     Ok((lines, pos))

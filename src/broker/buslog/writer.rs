@@ -6,6 +6,9 @@
 //! `<vm>.log`, `fdatasync`s all.log (the write-ahead log), and only then
 //! completes the batch (the whole batch to the hub at once, then the acks). A failed write or sync completes
 //! the batch with `storage_error`, cuts every file back, and never acks it.
+//! So does a commit that would leave less than `faults::SPACE_RESERVE` free
+//! (one `statvfs` per commit; nothing is written). Every write and sync goes
+//! through `faults.rs`, where the tests inject I/O errors.
 //! The publishers' logs are synced at checkpoints (`checkpoint.rs`): at most
 //! [`CHECKPOINT_EVERY`] after they were written, before any file rotates, and
 //! when the writer stops.

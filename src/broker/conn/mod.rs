@@ -28,12 +28,12 @@ use smol::Timer;
 use serde_json::Value;
 
 use super::buslog::Append;
-use super::context::{Ctx, FINAL_GRACE, WRITE_TIMEOUT};
+use super::context::{Ctx, DENIAL_DELAY, DENIAL_DELAY_REASONS, FINAL_GRACE, WRITE_TIMEOUT};
 use super::hub::{Delivery, Frame, HubMsg};
 use super::session::{Effect, Input, Session, State};
 use super::stamp::unix_ms;
 use super::wire::frame::{self, ClientFrame, Decoder};
-use super::wire::hello::{GREETING, MAX_HELLO_LINE};
+use super::wire::hello::{GREETING, MAX_HELLO_LINE, Reply};
 use super::wire::line::{LinePush, LineReader};
 use super::wire::reason::Reason;
 
@@ -106,6 +106,9 @@ struct Conn<S: Stream> {
     stop: Pin<Box<smol::channel::Receiver<()>>>,
     /// Frames of this turn, not written yet.
     cork: Cork,
+    /// Publishes handed to the bus log whose completion has not come back:
+    /// at `MAX_PUBLISHES_IN_FLIGHT` the session stops reading its socket.
+    publishing: usize,
 }
 
 /// How the hello phase ended.
@@ -115,6 +118,8 @@ enum Hello {
     /// A stream connection (`stream=<id>`): its hello line and what followed.
     Stream(Vec<u8>, Vec<u8>),
     Done,
+    /// Closed to make room at the connection cap (`pending.rs`).
+    Evicted,
 }
 
 impl<S: Stream> Conn<S> {
@@ -133,6 +138,7 @@ impl<S: Stream> Conn<S> {
             tick_at: None,
             caps: Vec::new(),
             cork: Cork::default(),
+            publishing: 0,
         }
     }
 }
@@ -148,7 +154,15 @@ pub(super) async fn serve_guest(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAd
     {
         return;
     }
-    match conn.hello_phase().await {
+    // Until the hello is done, the connection may be told to make room.
+    let (ticket, evicted) = conn.ctx.pending.enter();
+    let hello = super::pending::unless_evicted(&evicted, conn.hello_phase()).await;
+    drop(ticket);
+    match hello.unwrap_or(Hello::Evicted) {
+        Hello::Evicted => {
+            let refusal = Reply::Error(Reason::TooManyConnections).to_line();
+            let _ = conn.write(format!("{refusal}\n").as_bytes()).await;
+        }
         Hello::Bus(rest) => {
             conn.open_bus();
             conn.frame_phase(&rest).await;
@@ -320,6 +334,9 @@ impl<S: Stream> Conn<S> {
                 matches!(wake, Wake::Deliver(_)),
                 matches!(wake, Wake::Committed(..)),
             );
+            if committed {
+                self.publishing = self.publishing.saturating_sub(1);
+            }
             let flow = match Self::input_for(wake) {
                 Ok(input) => {
                     let effects = self.step(input);
@@ -396,6 +413,11 @@ impl<S: Stream> Conn<S> {
         for effect in effects {
             let written = match effect {
                 Effect::Reply(reply) => {
+                    if let Reply::Error(reason) = &reply
+                        && DENIAL_DELAY_REASONS.contains(reason)
+                    {
+                        Timer::after(DENIAL_DELAY).await;
+                    }
                     self.write(format!("{}\n", reply.to_line()).as_bytes())
                         .await
                 }
@@ -516,6 +538,7 @@ impl<S: Stream> Conn<S> {
         if self.ctx.bus_log.send(append).await.is_err() {
             let _ = bus.commits_tx.try_send((None, Err(Reason::StorageError)));
         }
+        self.publishing += 1;
         Ok(())
     }
 

@@ -9,10 +9,12 @@ use futures_lite::{FutureExt, Stream as _, future};
 
 use super::socket::Stream;
 use super::{Conn, Wake};
+use crate::broker::context::MAX_PUBLISHES_IN_FLIGHT;
 
 impl<S: Stream> Conn<S> {
-    /// Wait for bytes, the session's next deadline, a publish completion,
-    /// an eviction, or shutdown.
+    /// Wait for bytes (unless [`MAX_PUBLISHES_IN_FLIGHT`] publishes await
+    /// the log), the session's next deadline, a publish completion, an
+    /// eviction, or shutdown.
     ///
     /// The channels are polled as streams: each receiver keeps its listener
     /// registered across waits (a session waits twice per publish, and a
@@ -33,6 +35,7 @@ impl<S: Stream> Conn<S> {
             stop,
             tick: timer,
             tick_at,
+            publishing,
             ..
         } = self;
         let (mut link, mut deliveries) = match bus {
@@ -58,7 +61,16 @@ impl<S: Stream> Conn<S> {
             }
             Poll::Pending
         });
-        let read = async { Wake::Read(reader.read(buf).await) };
+        // A publisher far ahead of the log waits for its completions before
+        // more of its bytes are read (TCP slows it), so it cannot fill the
+        // log's shared queue in front of everyone else's publishes.
+        let reading = *publishing < MAX_PUBLISHES_IN_FLIGHT;
+        let read = async {
+            if !reading {
+                std::future::pending::<()>().await
+            }
+            Wake::Read(reader.read(buf).await)
+        };
         let tick = async {
             if deadline.is_none() {
                 std::future::pending::<()>().await

@@ -62,6 +62,7 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn line_split_anywhere_gives_the_same_line_and_rest() {
@@ -97,6 +98,44 @@ mod tests {
         let mut r = LineReader::new(4);
         assert_eq!(r.push(b"ab"), LinePush::NeedMore);
         assert_eq!(r.push(b"cd"), LinePush::TooLong);
+    }
+
+    /// Feed `chunks` until the reader is done: the line and every byte
+    /// after it (handed back or never fed), or why not.
+    fn outcome(chunks: &[&[u8]], max: usize) -> (Option<Vec<u8>>, Vec<u8>, bool) {
+        let mut r = LineReader::new(max);
+        for (i, chunk) in chunks.iter().enumerate() {
+            match r.push(chunk) {
+                LinePush::NeedMore => assert!(r.buffered() < max),
+                LinePush::TooLong => return (None, Vec::new(), true),
+                LinePush::Line { line, mut rest } => {
+                    chunks[i + 1..]
+                        .iter()
+                        .for_each(|c| rest.extend_from_slice(c));
+                    return (Some(line), rest, false);
+                }
+            }
+        }
+        (None, Vec::new(), false)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whole, split anywhere, and one byte at a time: the same outcome
+        /// (the fuzz target `hello` does the same at depth, docs/FUZZING.md).
+        #[test]
+        fn whole_split_and_single_bytes_agree(
+            stream in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'a'), any::<u8>()], 0..80),
+            cut in any::<prop::sample::Index>(),
+            max in 1usize..40,
+        ) {
+            let whole = outcome(&[&stream], max);
+            let c = cut.index(stream.len() + 1);
+            prop_assert_eq!(&outcome(&[&stream[..c], &stream[c..]], max), &whole);
+            let singles: Vec<&[u8]> = stream.chunks(1).collect();
+            prop_assert_eq!(&outcome(&singles, max), &whole);
+        }
     }
 
     #[test]

@@ -136,6 +136,27 @@ mod tests {
         "#);
     }
 
+    /// Found by the `request` fuzz target: a 105-digit integer parsed to a
+    /// float one ulp off (serde_json's fast path), so the payload the log
+    /// holds and a subscriber reads back differed from the publisher's. With
+    /// `float_roundtrip` every number survives parse -> write -> parse.
+    #[test]
+    fn payload_numbers_survive_the_broker_exactly() {
+        let big = format!("{}0", "9".repeat(104)); // the fuzzer's number
+        for number in [
+            big.as_str(),
+            "1e105",
+            "0.1",
+            "2.2250738585072014e-308",
+            "1.7976931348623157e308",
+        ] {
+            let body = format!(r#"{{"topic":"bs","payload":{{"n":{number}}}}}"#);
+            let p = parse_publish(&body, u32::MAX).unwrap();
+            let again = serde_json::json!({"topic": p.topic, "payload": p.payload}).to_string();
+            assert_eq!(parse_publish(&again, u32::MAX), Ok(p), "{number}");
+        }
+    }
+
     #[test]
     fn the_size_limit_counts_the_json_and_echoes_the_id() {
         let body = format!(

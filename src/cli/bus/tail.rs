@@ -8,6 +8,7 @@
 //! run; only a clock set back while the broker was stopped breaks it, see
 //! docs/BUS.md), so none of its records would be printed.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ use crate::broker::buslog::{LogRecord, generations};
 use crate::broker::consumer::render_line;
 use crate::broker::stamp::unix_ms;
 use crate::layout::StateLayout;
+
+/// How much of the log is read at a time (bytes).
+const READ_CHUNK: u64 = 1 << 20;
 
 /// How often `tail -f` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
@@ -95,19 +99,28 @@ pub fn run(args: &TailArgs, layout: &StateLayout) -> Result<ExitCode> {
         );
     }
     let mut out = io::stdout().lock();
-    // Rotated generations first (oldest to newest), then the live file.
+    // Rotated generations first (oldest to newest), then the live file, a
+    // chunk at a time: memory stays bounded by the chunk and by `-n`,
+    // whatever the log's size. A closed stdout (`| head`) ends the command
+    // in `main`, quietly.
     let mut reader = follower(path, since);
-    let mut lines = reader.poll()?;
-    let mut first = true;
+    let mut missed = Missed::new(args.vm.is_none());
+    print_backlog(args, since.as_ref(), &mut reader, &mut missed, &mut out)?;
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
     loop {
-        // A closed stdout (`| head`) ends the command in `main`, quietly.
-        print(args, since.as_ref(), &lines, first, &mut out)?;
-        first = false;
-        if !args.follow {
-            return Ok(ExitCode::SUCCESS);
-        }
         std::thread::sleep(FOLLOW_POLL);
-        lines = reader.poll()?;
+        loop {
+            let lines = reader.poll_upto(READ_CHUNK)?;
+            if lines.is_empty() {
+                break;
+            }
+            for text in selected_lines(args, since.as_ref(), &lines, &mut missed) {
+                writeln!(out, "{text}")?;
+            }
+        }
+        let _ = out.flush();
     }
 }
 
@@ -119,38 +132,113 @@ fn follower(path: PathBuf, since: Option<Since>) -> Follower {
     }
 }
 
-/// Print the records among `lines` that pass the filters (of the first
-/// batch, only the last `-n`); an error only when `out` is closed.
-fn print(
+/// What the log holds now, a chunk at a time (of it, only the last `-n`).
+fn print_backlog(
     args: &TailArgs,
     since: Option<&Since>,
-    lines: &[String],
-    first: bool,
+    reader: &mut Follower,
+    missed: &mut Missed,
     out: &mut impl Write,
-) -> io::Result<()> {
-    let mut recs: Vec<(&str, LogRecord)> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l.as_str(), r)))
-        .filter(|(_, r)| selected(r, args.topic.as_deref(), since))
-        .collect();
-    if first && let Some(n) = args.lines {
-        let skip = recs.len().saturating_sub(n);
-        recs.drain(..skip);
-    }
-    for (line, rec) in recs {
-        if args.json {
-            writeln!(out, "{line}")?;
-        } else {
-            writeln!(out, "{}", render(&rec))?;
+) -> Result<()> {
+    let mut last: VecDeque<String> = VecDeque::new();
+    loop {
+        let lines = reader.poll_upto(READ_CHUNK)?;
+        if lines.is_empty() {
+            break;
         }
+        for text in selected_lines(args, since, &lines, missed) {
+            match args.lines {
+                Some(n) => {
+                    if last.len() >= n {
+                        last.pop_front();
+                    }
+                    if n > 0 {
+                        last.push_back(text);
+                    }
+                }
+                None => writeln!(out, "{text}")?,
+            }
+        }
+    }
+    for text in last {
+        writeln!(out, "{text}")?;
     }
     let _ = out.flush();
     Ok(())
 }
 
+/// all.log numbers its records without gaps, so a jump in `seq` while
+/// reading it means records were rotated away before this reader got to
+/// them (a follower that fell behind by more rotations than are kept). A
+/// VM's log holds only its own records: no gaps are judged there.
+pub struct Missed {
+    judge: bool,
+    last: Option<u64>,
+}
+
+impl Missed {
+    pub fn new(all_log: bool) -> Missed {
+        Missed {
+            judge: all_log,
+            last: None,
+        }
+    }
+
+    /// The range skipped before `seq`, if any.
+    fn see(&mut self, seq: u64) -> Option<(u64, u64)> {
+        let gap = match self.last {
+            Some(last) if self.judge && seq > last + 1 => Some((last + 1, seq - 1)),
+            _ => None,
+        };
+        self.last = Some(self.last.map_or(seq, |l| l.max(seq)));
+        gap
+    }
+}
+
+/// The records among `lines` that pass the filters, as printed.
+/// Records never read (rotated away first) are reported on stderr.
+fn selected_lines(
+    args: &TailArgs,
+    since: Option<&Since>,
+    lines: &[String],
+    missed: &mut Missed,
+) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l.as_str(), r)))
+        .inspect(|(_, r): &(&str, LogRecord)| {
+            if let Some((from, to)) = missed.see(r.seq) {
+                eprintln!(
+                    "castra bus tail: missed {} records (#{from}..#{to}): their files were rotated \
+                     away before they were read (--bus-log-keep keeps more)",
+                    to - from + 1
+                );
+            }
+        })
+        .filter(|(_, r)| selected(r, args.topic.as_deref(), since))
+        .map(|(line, rec)| {
+            if args.json {
+                line.to_owned()
+            } else {
+                render(&rec)
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jump_in_all_logs_seq_is_a_missed_range() {
+        let mut m = Missed::new(true);
+        assert_eq!([1, 2, 3].map(|s| m.see(s)), [None; 3]);
+        assert_eq!(m.see(10), Some((4, 9)));
+        assert_eq!(m.see(11), None);
+        let mut vm = Missed::new(false);
+        assert_eq!([1, 5].map(|s| vm.see(s)), [None; 2]);
+    }
     use crate::broker::buslog::follow::read_lines;
     use crate::broker::buslog::{self, Append, Rotation, read_records};
     use serde_json::json;
@@ -236,9 +324,9 @@ mod tests {
     /// What a non-following tail prints, with or without passing over files.
     fn output(args: &TailArgs, path: &Path, since: Since, pass_over: bool) -> String {
         let mut reader = follower(path.to_owned(), pass_over.then_some(since));
-        let lines = reader.poll().unwrap();
         let mut out = Vec::new();
-        print(args, Some(&since), &lines, true, &mut out).unwrap();
+        let mut missed = Missed::new(true);
+        print_backlog(args, Some(&since), &mut reader, &mut missed, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 
