@@ -231,6 +231,20 @@ fn vms_on_two_libvirt_hosts_converge_drift_survive_an_unreachable_host_and_go_do
         stdout(&plan)
     );
 
+    // down cannot stop what an unreachable host runs: it says so and fails.
+    let out = p.castra(&["down", "far"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out) + &stderr(&out);
+    assert!(text.contains("not stopped: host b unreachable"), "{text}");
+    let table = stdout(&p.castra(&["status"]));
+    assert!(table.contains("HOST"), "{table}");
+
     // b answers again: apply converges (far kept running under libvirt).
     b.daemon("start-daemon");
     let out = p.castra(&["apply"]);
