@@ -8,6 +8,8 @@
 #                                                (qemu+tcp://10.77.N.2/system), private
 #                                                /run, /var/lib, /var/cache, /var/log and
 #                                                /etc of libvirt under DIR, its own host_uuid
+#   scripts/libvirt-host.sh stop-daemon DIR      stop only its libvirtd (guests keep running)
+#   scripts/libvirt-host.sh start-daemon DIR     start that libvirtd again
 #   scripts/libvirt-host.sh stop DIR             stop what start/start-local made in DIR (by
 #                                                pid), its namespace and veth, then remove DIR
 #
@@ -26,7 +28,7 @@ write_config() { # DIR LISTEN_ADDR|''
   local dir=$1 addr=$2
   mkdir -p "$dir"/{run,lib,cache,log,etc}
   cp -a /etc/libvirt/. "$dir/etc/"
-  rm -f "$dir/etc/qemu/networks/autostart/"*.xml
+  rm -f "$dir/etc/qemu/networks/autostart/"*.xml "$dir/etc/storage/autostart/"*.xml "$dir/etc/storage/"*.xml
   printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\n' >>"$dir/etc/qemu.conf"
   if [ -n "$addr" ]; then
     {
@@ -41,19 +43,22 @@ write_config() { # DIR LISTEN_ADDR|''
 
 # Start virtlogd and libvirtd inside a private mount namespace; the ones made
 # for a second host also get private /run/libvirt and state directories.
-daemons() { # DIR PRIVATE(0|1) [ip netns exec NS]
-  local dir=$1 private=$2
-  shift 2
+daemons() { # DIR PRIVATE(0|1) WHAT(both|libvirtd) [ip netns exec NS]
+  local dir=$1 private=$2 what=$3
+  shift 3
+  # The local daemon shares /run/libvirt (its socket answers qemu:///system); every
+  # other libvirt directory is private to the daemon and goes with DIR.
   local binds="mount --bind /dev/null /dev/kvm 2>/dev/null || true; mount --bind $dir/etc /etc/libvirt;"
-  if [ "$private" = 1 ]; then
-    binds+=" mount --bind $dir/run /run/libvirt; mount --bind $dir/lib /var/lib/libvirt;"
-    binds+=" mount --bind $dir/cache /var/cache/libvirt; mount --bind $dir/log /var/log/libvirt;"
-    binds+=" mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu /var/cache/libvirt/qemu;"
-  fi
+  [ "$private" = 1 ] && binds+=" mount --bind $dir/run /run/libvirt;"
+  binds+=" mount --bind $dir/lib /var/lib/libvirt;"
+  binds+=" mount --bind $dir/cache /var/cache/libvirt; mount --bind $dir/log /var/log/libvirt;"
+  binds+=" mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu /var/cache/libvirt/qemu;"
   local listen=""
   [ "$private" = 1 ] && listen="--listen"
+  local logd="virtlogd -d -p $dir/virtlogd.pid &&"
+  [ "$what" = libvirtd ] && logd=""
   "$@" unshare -m --propagation private sh -c "$binds
-    virtlogd -d -p $dir/virtlogd.pid && libvirtd -d $listen -p $dir/libvirtd.pid"
+    $logd libvirtd -d $listen -p $dir/libvirtd.pid"
 }
 
 wait_for() { # URI
@@ -73,7 +78,7 @@ start-local)
   write_config "$dir" ""
   echo local >"$dir/kind"
   echo qemu:///system >"$dir/uri"
-  daemons "$dir" 0
+  daemons "$dir" 0 both
   wait_for qemu:///system
   echo "qemu:///system"
   ;;
@@ -95,9 +100,26 @@ start)
   ip -n "$ns" route add default via "10.77.$n.1"
   write_config "$dir" "10.77.$n.2"
   echo "qemu+tcp://10.77.$n.2/system" >"$dir/uri"
-  daemons "$dir" 1 ip netns exec "$ns"
+  daemons "$dir" 1 both ip netns exec "$ns"
   wait_for "qemu+tcp://10.77.$n.2/system"
   echo "qemu+tcp://10.77.$n.2/system"
+  ;;
+stop-daemon)
+  # Only libvirtd (its guests keep running): the host stops answering.
+  dir=${2:?DIR}
+  pid=$(cat "$dir/libvirtd.pid")
+  kill "$pid"
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.05; done
+  kill -9 "$pid"
+  ;;
+start-daemon)
+  dir=${2:?DIR}
+  kind=$(cat "$dir/kind")
+  case "$kind" in
+  netns*) daemons "$dir" 1 libvirtd ip netns exec "${kind#netns }" ;;
+  *) daemons "$dir" 0 libvirtd ;;
+  esac
+  wait_for "$(cat "$dir/uri")"
   ;;
 stop)
   dir=${2:?DIR}
@@ -132,6 +154,6 @@ stop)
   rm -rf "$dir"
   ;;
 *)
-  die "usage: $0 start-local DIR | start NAME N DIR | stop DIR"
+  die "usage: $0 start-local DIR | start NAME N DIR | stop-daemon DIR | start-daemon DIR | stop DIR"
   ;;
 esac

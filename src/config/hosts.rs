@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 use super::diagnostic::Problem;
-use super::model::{HostSpec, LOCAL_HOST};
+use super::model::{HostSpec, ImageSpec, LOCAL_HOST, VmSpec};
 use super::names::check_name;
 use super::raw::RawHost;
 use super::suggest::{closest, one_of};
@@ -131,6 +131,37 @@ pub(super) fn placement(
     };
     problems.push(Problem::new(format!("unknown host \"{name}\""), h.span()).help(help));
     None
+}
+
+/// What a libvirt host cannot run yet: disk images (their overlay lives on
+/// this machine) and shares (host directories of this machine).
+pub(super) fn check_supported(
+    spec: &VmSpec,
+    host: &str,
+    span: std::ops::Range<usize>,
+    problems: &mut Vec<Problem>,
+) {
+    let disk = matches!(
+        spec.image,
+        ImageSpec::Disk { .. } | ImageSpec::Kernel { disk: Some(_), .. }
+    );
+    let what = match (disk, spec.shares.is_empty()) {
+        (true, _) => "a disk image",
+        (false, false) => "shares",
+        (false, true) => return,
+    };
+    problems.push(
+        Problem::new(
+            format!(
+                "VM \"{}\" uses {what}, which libvirt hosts do not run yet (host \"{host}\")",
+                spec.name
+            ),
+            span,
+        )
+        .help(
+            "on a libvirt host use image = \"default\" or { kernel = ... } without disk and no shares; or remove host to run it here with direct QEMU",
+        ),
+    );
 }
 
 #[cfg(test)]

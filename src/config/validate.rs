@@ -130,13 +130,13 @@ pub(crate) fn validate(raw: RawConfig, origin: &Origin<'_>) -> Result<Project, V
             .take()
             .map(|b| super::bootstrap::check(b, &origin.root_dir, &mut problems));
         let base = inner.name.as_ref().map(|n| n.get_ref().clone());
-        let host = super::hosts::placement(
-            inner.host.take().as_ref(),
-            &hosts,
-            &declared_hosts,
-            &mut problems,
-        );
+        let host_value = inner.host.take();
+        let host =
+            super::hosts::placement(host_value.as_ref(), &hosts, &declared_hosts, &mut problems);
         let made = vm_instances(Spanned::new(span, inner), origin, &mut problems);
+        if let (Some(host), Some(value), Some(first)) = (&host, &host_value, made.first()) {
+            super::hosts::check_supported(&first.spec, host, value.span(), &mut problems);
+        }
         if let Some(host) = host {
             for inst in &made {
                 placement.insert(inst.spec.name.clone(), host.clone());

@@ -112,6 +112,8 @@ impl Host<'_> {
             if info.contains("running") {
                 return Ok(());
             }
+            // Defined but stopped (its directory may be gone): build is idempotent.
+            self.run(&["pool-build", POOL])?;
             return self.run(&["pool-start", POOL]).map(|_| ());
         }
         self.run(&["pool-define-as", POOL, "dir", "--target", POOL_DIR])?;

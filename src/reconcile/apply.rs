@@ -315,6 +315,20 @@ pub fn down(
     };
     let exec = Executor::new(project, reporter);
     let mut results = exec.run(&plan, &[], &observed);
+    // VMs whose host does not answer cannot be stopped now: say so (down is not done).
+    for o in observed.vms.values() {
+        if let (true, VmState::Unknown { why }) =
+            (only.is_empty() || only.contains(&o.name), &o.state)
+        {
+            results.push(StepResult {
+                vm: o.name.clone(),
+                action: "stop",
+                ok: false,
+                detail: format!("not stopped: {why}"),
+                elapsed: Duration::ZERO,
+            });
+        }
+    }
     // The broker goes when no VM of the project runs any more.
     let after = observe_with(project, Depth::Quick, Depth::Deep);
     let any_running = after

@@ -20,6 +20,7 @@ use crate::libvirt::{Host, ProjectNames};
 
 use super::observe::{Depth, Observed, ObservedVm, VmState};
 use super::record::LaunchRecord;
+use crate::broker::control::BrokerState;
 
 /// A snapshot older than this is not evidence: the poller (1 s period, 3 s
 /// deadline) did not get an answer in time.
@@ -107,27 +108,37 @@ pub fn merge(
     seen: &BTreeMap<String, HostSnapshot>,
     now: u64,
 ) {
-    // Hosts that cannot vouch for their VMs, and why.
+    // Hosts that cannot vouch for their VMs, and why. Only a host that was
+    // asked and failed (or stopped answering the poller) is "unreachable";
+    // without a running broker nobody asks, and status says that instead.
+    let polled = matches!(observed.broker, BrokerState::Running { .. });
     let mut trouble: BTreeMap<&str, String> = BTreeMap::new();
     for (name, spec) in &project.hosts {
+        let age_s = |s: &HostSnapshot| now.saturating_sub(s.checked_ms) / 1000;
+        let stale =
+            |s: &HostSnapshot| now.saturating_sub(s.checked_ms) > SNAPSHOT_FRESH.as_millis() as u64;
         let why = match seen.get(name) {
-            None => Some("not observed yet (the broker polls hosts while it runs)".to_string()),
-            Some(s) => match &s.error {
-                Some(e) => Some(e.clone()),
-                None if now.saturating_sub(s.checked_ms) > SNAPSHOT_FRESH.as_millis() as u64 => {
-                    Some(format!(
-                        "no answer for {} s",
-                        now.saturating_sub(s.checked_ms) / 1000
-                    ))
-                }
-                None => None,
-            },
+            Some(s) if s.error.is_some() && !stale(s) => Some(format!(
+                "host {name} unreachable ({}): {}",
+                spec.uri,
+                s.error.as_deref().unwrap_or_default()
+            )),
+            Some(s) if !stale(s) => None,
+            Some(s) if polled => Some(format!(
+                "host {name} unreachable ({}): no answer for {} s",
+                spec.uri,
+                age_s(s)
+            )),
+            Some(s) => Some(format!(
+                "host {name} not observed for {} s: the broker, which polls hosts, is not running (`castra plan` asks them)",
+                age_s(s)
+            )),
+            None => Some(format!(
+                "host {name} not observed yet (the broker polls hosts while it runs; `castra plan` asks them)"
+            )),
         };
         if let Some(why) = why {
-            trouble.insert(
-                name.as_str(),
-                format!("host {name} unreachable ({}): {why}", spec.uri),
-            );
+            trouble.insert(name.as_str(), why);
         }
     }
     for (host, snap) in seen {
@@ -196,5 +207,133 @@ fn domain_vm(host: &str, d: &SeenDomain, json: &str) -> ObservedVm {
         state,
         record,
         host: Some(host.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::snapshot::SeenDomain;
+
+    fn project() -> Project {
+        crate::config::load_str(
+            "[hosts.a]\nuri = \"qemu:///system\"\n[hosts.b]\nuri = \"qemu+tcp://10.9.9.9/system\"\n[hosts.c]\nuri = \"qemu+tcp://10.9.9.10/system\"\n[[vms]]\nname = \"ona\"\nhost = \"a\"\n[[vms]]\nname = \"onb\"\nhost = \"b\"\n[[vms]]\nname = \"onc\"\nhost = \"c\"\n[[vms]]\nname = \"here\"\n",
+            std::path::Path::new("/srv/p/castra.toml"),
+        )
+        .unwrap()
+    }
+
+    fn snap(
+        host: &str,
+        checked_ms: u64,
+        error: Option<&str>,
+        domains: Vec<SeenDomain>,
+    ) -> HostSnapshot {
+        HostSnapshot {
+            host: host.into(),
+            uri: String::new(),
+            checked_ms,
+            error: error.map(Into::into),
+            domains,
+        }
+    }
+
+    fn record_json(p: &Project, vm: &str) -> String {
+        let spec = p.vms.iter().find(|v| v.name == vm).unwrap().clone();
+        serde_json::to_string(&LaunchRecord {
+            fingerprint: super::super::record::fingerprint(&spec, ""),
+            spec,
+            image_id: String::new(),
+            accel: crate::qemu::Accel::Tcg,
+            accel_reason: String::new(),
+            process: crate::qemu::process::ProcessIdentity {
+                pid: 0,
+                start_ticks: 0,
+            },
+            qmp_socket: Default::default(),
+            launched_at_ms: 1,
+            castra_version: String::new(),
+            argv: vec![],
+            host: Some("a".into()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn each_host_vouches_only_for_its_own_vms() {
+        let p = project();
+        let now = 100_000;
+        let names = project_names(&p);
+        let seen: BTreeMap<String, HostSnapshot> = [
+            snap(
+                "a",
+                now - 500,
+                None,
+                vec![
+                    SeenDomain {
+                        vm: "ona".into(),
+                        domain: names.domain("ona"),
+                        state: "running".into(),
+                        record_json: Some(record_json(&p, "ona")),
+                    },
+                    // Our prefix, no record: not ours, never observed.
+                    SeenDomain {
+                        vm: "stray".into(),
+                        domain: names.domain("stray"),
+                        state: "running".into(),
+                        record_json: None,
+                    },
+                ],
+            ),
+            snap("b", now - 500, Some("Connection refused"), vec![]),
+            snap("c", now - 60_000, None, vec![]),
+        ]
+        .into_iter()
+        .map(|s| (s.host.clone(), s))
+        .collect();
+        let mut o = Observed {
+            broker: BrokerState::Running { pid: 1 },
+            ..Observed::default()
+        };
+        merge(&p, &mut o, &seen, now);
+        let st = |vm: &str| o.get(vm).map(|v| (v.state.clone(), v.host.clone()));
+        assert_eq!(
+            st("ona"),
+            Some((VmState::Running { pid: 0 }, Some("a".into())))
+        );
+        assert!(o.get("ona").unwrap().record.is_some());
+        assert_eq!(st("stray"), None);
+        assert_eq!(
+            st("onb"),
+            Some((
+                VmState::Unknown {
+                    why: "host b unreachable (qemu+tcp://10.9.9.9/system): Connection refused"
+                        .into()
+                },
+                Some("b".into())
+            ))
+        );
+        assert_eq!(
+            st("onc"),
+            Some((
+                VmState::Unknown {
+                    why: "host c unreachable (qemu+tcp://10.9.9.10/system): no answer for 60 s"
+                        .into()
+                },
+                Some("c".into())
+            ))
+        );
+        assert_eq!(st("here"), None, "local VMs are observe.rs's");
+
+        // Without a broker nobody polls: a stale host is "not observed", not "unreachable".
+        let mut o = Observed::default();
+        merge(&p, &mut o, &seen, now);
+        match &o.get("onc").unwrap().state {
+            VmState::Unknown { why } => assert!(
+                why.contains("broker, which polls hosts, is not running"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

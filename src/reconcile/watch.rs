@@ -61,7 +61,9 @@ pub fn wait_for_trigger(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 for (name, state) in observe_running() {
-                    if running.contains(&name) && !matches!(state, VmState::Running { .. }) {
+                    if running.contains(&name)
+                        && !matches!(state, VmState::Running { .. } | VmState::Unknown { .. })
+                    {
                         return Ok(Trigger::VmDied(name));
                     }
                 }

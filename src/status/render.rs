@@ -10,8 +10,10 @@ host consumers holding a bus session (`castra bus subscribe`).
 
 Columns:
   VM         instance name (`web-2` for the second replica of `web`)
+  HOST       (only when a VM runs on a libvirt host) its `[hosts.NAME]`, or local
   STATE      running | stopped | broken (contradictory evidence, e.g. QEMU alive
-             without a launch record; `castra apply` replaces it). `*` after the
+             without a launch record; `castra apply` replaces it) | unknown (its
+             host does not answer; `--json` reasons say which and why). `*` after the
              state: castra.toml changed since launch (`castra plan` names the fields).
              `(not in castra.toml)`: still running but removed from the config.
   BROKER     reachable: the guest proved it is up (handshake or heartbeat with its
@@ -32,7 +34,7 @@ Columns:
 JSON (`--json`), stable field names:
   project, config, state_root
   broker: {state, pid, port, reason, host_sessions (open `castra bus subscribe` sessions)}
-  vms[]: {name, state, reasons[], in_config, config_changed, pid, cpus, memory_bytes,
+  vms[]: {name, host (`local` or the [hosts.NAME]), state, reasons[], in_config, config_changed, pid, cpus, memory_bytes,
           uptime_s, accel, accel_reason, forwards[], reachable, last_handshake_age_ms,
           last_heartbeat_age_ms, sessions, bus_subscribed, last_publish_age_ms,
           bootstrap: {state: never|running|ok|failed, age_ms, run, log, error} | null}
@@ -107,7 +109,27 @@ pub fn table(report: &StatusReport) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..10)
+    // A HOST column only when some VM runs on a libvirt host.
+    let with_host = report
+        .vms
+        .iter()
+        .any(|v| v.host != crate::config::LOCAL_HOST);
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut r = r.to_vec();
+            if with_host {
+                let host = match i {
+                    0 => "HOST".to_string(),
+                    _ => report.vms[i - 1].host.clone(),
+                };
+                r.insert(1, host);
+            }
+            r
+        })
+        .collect();
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let consumers = match report.broker.host_sessions {
@@ -236,6 +258,31 @@ mod tests {
             api  running                       waiting    -           -        never     1/256M   -       -      -
             db   stopped                       -          -           -        -         1/256M   -       -      -
             old  running (not in castra.toml)  waiting    -           -        -         2/1G     -       -      -
+            "#);
+    }
+
+    #[test]
+    fn a_host_column_appears_when_a_vm_runs_on_a_libvirt_host() {
+        let mut far = vm("far", "unknown");
+        far.host = "b".into();
+        let report = StatusReport {
+            project: "demo".into(),
+            config: "/p/castra.toml".into(),
+            state_root: "/p/.castra".into(),
+            broker: BrokerStatus {
+                state: "running".into(),
+                pid: Some(77),
+                port: 7750,
+                reason: None,
+                host_sessions: None,
+            },
+            vms: vec![vm("web", "stopped"), far],
+        };
+        insta::assert_snapshot!(table(&report), @r#"
+            project demo  broker running pid 77 (port 7750)
+            VM   HOST   STATE    BROKER  BUS  BUS AGE  BOOT  CPU/MEM  UPTIME  ACCEL  FORWARDS
+            web  local  stopped  -       -    -        -     1/256M   -       -      -
+            far  b      unknown  -       -    -        -     1/256M   -       -      -
             "#);
     }
 

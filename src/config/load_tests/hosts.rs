@@ -91,3 +91,19 @@ fn a_vm_on_an_invalid_host_gets_one_error_not_two() {
     .unwrap_err();
     assert_eq!(err.diagnostics().len(), 1, "{err}");
 }
+
+#[test]
+fn disks_and_shares_are_refused_on_hosts_at_load_time() {
+    let (m, h) = one_error(
+        "[hosts.b]\nuri = \"qemu:///system\"\n[[vms]]\nname = \"web\"\nhost = \"b\"\nimage = { disk = \"base.qcow2\" }\n",
+    );
+    assert_eq!(
+        m,
+        "VM \"web\" uses a disk image, which libvirt hosts do not run yet (host \"b\")"
+    );
+    assert!(h.contains("remove host"), "{h}");
+    let (m, _) = one_error(
+        "[hosts.b]\nuri = \"qemu:///system\"\n[[vms]]\nname = \"web\"\nhost = \"b\"\ncount = 2\nshares = [{ host = \"x\", guest = \"/mnt/x\" }]\n",
+    );
+    assert!(m.contains("uses shares"), "{m}");
+}
