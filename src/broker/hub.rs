@@ -98,7 +98,8 @@ pub enum HubMsg {
         frame: Frame,
     },
     /// The records of one commit, in sequence order (one message per
-    /// commit, not one per record).
+    /// commit, not one per record; frames are encoded here, for the
+    /// records whose topic has subscribers).
     DeliverAll(Vec<Committed>),
 }
 
@@ -213,14 +214,18 @@ impl Hub {
             HubMsg::Deliver { seq, topic, frame } => self.deliver(&topic, Delivery { seq, frame }),
             HubMsg::DeliverAll(batch) => {
                 let mut noted = Vec::new();
-                for c in batch {
-                    noted.extend(self.deliver(
-                        &c.topic,
-                        Delivery {
-                            seq: c.seq,
-                            frame: c.frame,
-                        },
-                    ));
+                for rec in batch {
+                    // Encoded only for a topic someone receives.
+                    if self.topics.contains_key(&rec.topic) {
+                        let frame = rec.message_frame();
+                        noted.extend(self.deliver(
+                            &rec.topic,
+                            Delivery {
+                                seq: rec.seq,
+                                frame,
+                            },
+                        ));
+                    }
                 }
                 noted
             }
@@ -437,16 +442,30 @@ mod tests {
             topic: "broadcast".into(),
         });
         deliver(&mut hub, "broadcast", 4);
+        assert_eq!((drain(&a), drain(&b)), (vec![1, 4], vec![1, 2]));
         // A whole commit in one message: each record to its topic's
-        // subscribers, in order.
-        let commit =
-            [(5, "broadcast"), (6, "vm:b"), (7, "broadcast")].map(|(n, topic)| Committed {
-                seq: n,
-                topic: topic.into(),
-                frame: vec![n as u8].into(),
-            });
+        // subscribers, in order, as its `message` frame.
+        let commit = [
+            (5, "broadcast"),
+            (6, "vm:b"),
+            (7, "nobody"),
+            (8, "broadcast"),
+        ]
+        .map(|(seq, topic): (u64, &str)| Committed {
+            seq,
+            vm: "web".into(),
+            topic: topic.into(),
+            ts_ms: 1,
+            payload: serde_json::json!({ "n": seq }),
+            id: None,
+        });
         assert!(hub.handle(HubMsg::DeliverAll(commit.to_vec())).is_empty());
-        assert_eq!((drain(&a), drain(&b)), (vec![1, 4, 5, 7], vec![1, 2, 6]));
+        let got =
+            |p: &Peer| -> Vec<Delivery> { std::iter::from_fn(|| p.rx.try_recv().ok()).collect() };
+        let (to_a, to_b) = (got(&a), got(&b));
+        let seqs = |d: &[Delivery]| -> Vec<u64> { d.iter().map(|d| d.seq).collect() };
+        assert_eq!((seqs(&to_a), seqs(&to_b)), (vec![5, 8], vec![6]));
+        assert_eq!(&to_b[0].frame[..], &commit[1].message_frame()[..]);
         hub.handle(HubMsg::Unregister { key: 2 });
         assert_eq!(hub.subscribers("vm:b"), Vec::<u64>::new());
         assert_eq!(hub.subscribers("broadcast"), vec![1]);

@@ -111,13 +111,11 @@ pub struct Append {
     pub done: Done,
 }
 
-/// A committed record, handed to the hub for delivery.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub seq: u64,
-    pub topic: String,
-    pub frame: Arc<[u8]>,
-}
+/// A committed record, handed to the hub for delivery. The hub encodes its
+/// `message` frame ([`LogRecord::message_frame`]) only when the topic has a
+/// subscriber: a record nobody receives costs the writer no second
+/// serialization.
+pub type Committed = LogRecord;
 
 /// Read every valid record of a bus log file (bad lines skipped).
 pub fn read_records(path: &Path) -> io::Result<Vec<LogRecord>> {

@@ -203,16 +203,7 @@ impl Writer {
                 self.next_seq += records.len() as u64;
                 // One hand-over to the hub per commit, then the acks.
                 let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
-                (self.deliver)(
-                    records
-                        .into_iter()
-                        .map(|rec| Committed {
-                            seq: rec.seq,
-                            frame: rec.message_frame(),
-                            topic: rec.topic,
-                        })
-                        .collect(),
-                );
+                (self.deliver)(records);
                 for (seq, done) in seqs.into_iter().zip(dones) {
                     done(Ok(seq));
                 }
