@@ -358,6 +358,8 @@ impl<S: Stream> Conn<S> {
     /// together at the end of the turn).
     async fn complete_ready(&mut self) -> Flow {
         while let Some(Ok((id, result))) = self.bus.as_ref().map(|b| b.commits.try_recv()) {
+            // Each completion frees its place, however it was taken.
+            self.publishing = self.publishing.saturating_sub(1);
             let effects = self.step(Input::Committed { id, result });
             if let Flow::Close = self.perform(effects).await {
                 return Flow::Close;
