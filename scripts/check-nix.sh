@@ -127,10 +127,15 @@ if command -v nix >/dev/null && { [ -w /nix/store ] || [ "$(id -u)" = 0 ]; }; th
         out=$(GREETING=offline "${nixf[@]}" run "path:$flake_tmp" 2>&1) ||
             { echo "check-nix: FAIL nix run of the guest flake:" >&2; echo "$out" >&2; exit 1; }
     else
-        how="nix build + its app (in a chroot, where Nix 2.8's nix run cannot exec)"
-        out=$("${nixf[@]}" build --out-link "$flake_tmp/result" "path:$flake_tmp" 2>&1 &&
-            GREETING=offline "$flake_tmp/result/bin/app" 2>&1) ||
-            { echo "check-nix: FAIL nix build of the guest flake or its app:" >&2; echo "$out" >&2; exit 1; }
+        how="its app built and run by hand (in a chroot, where Nix 2.8's nix run cannot exec)"
+        # The app's program, and the derivation its string context names.
+        program="(builtins.getFlake \"path:$flake_tmp\").apps.x86_64-linux.default.program"
+        out=$(prog=$("${nixf[@]}" eval --impure --raw --expr "$program") &&
+            drv=$("${nixf[@]}" eval --impure --raw --expr \
+                "builtins.head (builtins.attrNames (builtins.getContext $program))") &&
+            nix-store --option sandbox false --option substituters "" --realise "$drv" >/dev/null &&
+            GREETING=offline "$prog" 2>&1) ||
+            { echo "check-nix: FAIL building or running the guest flake's app:" >&2; echo "$out" >&2; exit 1; }
     fi
     rm -rf "$flake_tmp"
     case "$out" in
